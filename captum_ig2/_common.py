@@ -1,0 +1,238 @@
+"""Argument formatting and validation shared by every class of the package.
+
+All checks live here so that each public class validates the same way, with real exceptions whose
+messages name the argument, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from captum._utils.common import (
+    ExpansionTypes,
+    _expand_additional_forward_args,
+    _expand_target,
+    _format_additional_forward_args,
+)
+from torch import Tensor
+
+RIEMANN_METHODS = ("riemann_left", "riemann_trapezoid")
+
+
+def check_inputs(inputs: tuple[Tensor, ...]) -> int:
+    """Checks the formatted inputs and returns the number of examples."""
+    if len(inputs) == 0:
+        raise ValueError("`inputs` must hold at least one tensor, got an empty tuple.")
+    for i, inp in enumerate(inputs):
+        if not isinstance(inp, Tensor):
+            raise TypeError(f"`inputs[{i}]` must be a torch.Tensor, got {type(inp).__name__}.")
+        if not inp.is_floating_point():
+            raise TypeError(
+                f"`inputs[{i}]` must be a floating point tensor to take gradients, got dtype "
+                f"{inp.dtype}. For token ids, attribute to an embedding layer instead."
+            )
+        if inp.dim() == 0:
+            raise ValueError(f"`inputs[{i}]` must have a batch dimension, got a 0-d tensor.")
+        if not bool(torch.isfinite(inp).all()):
+            raise ValueError(f"`inputs[{i}]` holds NaN or infinite values.")
+    n = inputs[0].shape[0]
+    for i, inp in enumerate(inputs[1:], start=1):
+        if inp.shape[0] != n:
+            raise ValueError(
+                f"All tensors of `inputs` must have the same first (batch) dimension: inputs[0] "
+                f"has {n} examples, inputs[{i}] has {inp.shape[0]}."
+            )
+    return n
+
+
+def check_n_steps(n_steps: Any) -> int:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int):
+        raise TypeError(f"`n_steps` must be an int, got {type(n_steps).__name__}.")
+    if n_steps < 1:
+        raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
+    return n_steps
+
+
+def check_method(method: Any) -> str:
+    if method not in RIEMANN_METHODS:
+        raise ValueError(
+            f"`method` must be one of {RIEMANN_METHODS}, got {method!r}. Path methods integrate "
+            "along a discrete path, so Captum's Gauss-Legendre and midpoint rules do not apply."
+        )
+    return method
+
+
+def check_internal_batch_size(internal_batch_size: Any) -> int | None:
+    if internal_batch_size is None:
+        return None
+    if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
+        raise TypeError(
+            f"`internal_batch_size` must be an int or None, got {type(internal_batch_size).__name__}."
+        )
+    if internal_batch_size < 1:
+        raise ValueError(f"`internal_batch_size` must be at least 1, got {internal_batch_size}.")
+    return internal_batch_size
+
+
+def check_unit_interval(name: str, value: Any, *, open_low: bool) -> float:
+    """Checks ``value`` lies in (0, 1] (``open_low``) or [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
+    low_ok = value > 0 if open_low else value >= 0
+    if not (low_ok and value <= 1) or math.isnan(value):
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"`{name}` must lie in {interval}, got {value}.")
+    return float(value)
+
+
+def check_target(target: Any, n: int) -> None:
+    """Rejects per-example targets whose length is not the number of examples."""
+    if isinstance(target, list) or (isinstance(target, Tensor) and target.numel() > 1):
+        if len(target) != n:
+            raise ValueError(
+                f"`target` given per example must have one entry per input example: expected "
+                f"{n}, got {len(target)}."
+            )
+
+
+def _baseline_for(inp: Tensor, baseline: Any, i: int) -> tuple[Tensor, bool]:
+    """One input's baseline as a tensor of shape (N, R, *F) or (1, R, *F); flag: a reference set."""
+    feature_shape = inp.shape[1:]
+    if baseline is None:
+        return torch.zeros((1, 1, *feature_shape), dtype=inp.dtype, device=inp.device), False
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        if not math.isfinite(baseline):
+            raise ValueError(f"`baselines[{i}]` must be finite, got {baseline}.")
+        full = torch.full((1, 1, *feature_shape), float(baseline), dtype=inp.dtype)
+        return full.to(inp.device), False
+    if not isinstance(baseline, Tensor):
+        raise TypeError(
+            f"`baselines[{i}]` must be a tensor, a number or None, got {type(baseline).__name__}."
+        )
+    if not bool(torch.isfinite(baseline).all()):
+        raise ValueError(f"`baselines[{i}]` holds NaN or infinite values.")
+    baseline = baseline.detach().to(device=inp.device, dtype=inp.dtype)
+    n = inp.shape[0]
+    if baseline.dim() == inp.dim() and baseline.shape[1:] == feature_shape:
+        if baseline.shape[0] in (1, n):
+            return baseline.unsqueeze(1), False  # Captum's forms: one reference per input
+        return baseline.unsqueeze(0), True  # (R, *F): a reference set shared by every input
+    if baseline.dim() == inp.dim() + 1 and baseline.shape[2:] == feature_shape:
+        if baseline.shape[0] in (1, n):
+            return baseline, True  # (N, R, *F) per-input sets, or (1, R, *F) one shared set
+    raise ValueError(
+        f"`baselines[{i}]` has shape {tuple(baseline.shape)}, which does not fit input "
+        f"{i} of shape {tuple(inp.shape)}: expected a scalar, ({n}, *F), (1, *F), a reference "
+        f"set (R, *F), or reference sets ({n}, R, *F) or (1, R, *F), with F = "
+        f"{tuple(feature_shape)}."
+    )
+
+
+def format_references(
+    inputs: tuple[Tensor, ...], baselines: Any, *, allow_sets: bool
+) -> tuple[tuple[Tensor, ...], int]:
+    """Brings ``baselines`` to one tensor of shape (N, R, *F) per input; returns them and R.
+
+    Captum's forms (None, a scalar, a tensor of N or 1 examples) give one reference per input
+    (R = 1). With ``allow_sets``, a tensor of R != N examples is a reference set shared by all
+    inputs, and a tensor with one more dimension than the input holds reference sets
+    (N, R, *F) or one set (1, R, *F).
+    """
+    if not isinstance(baselines, tuple):
+        baselines = (baselines,)
+    if len(baselines) != len(inputs):
+        raise ValueError(
+            f"`baselines` must give one entry per input tensor: inputs has {len(inputs)} "
+            f"tensors, baselines has {len(baselines)}."
+        )
+    n = inputs[0].shape[0]
+    formatted = [_baseline_for(inp, b, i) for i, (inp, b) in enumerate(zip(inputs, baselines))]
+    if not allow_sets and any(is_set for _, is_set in formatted):
+        shapes = [tuple(b.shape) for b in baselines if isinstance(b, Tensor)]
+        raise ValueError(
+            f"`baselines` must have the shape of the inputs or a first dimension of 1 (got "
+            f"shapes {shapes} for inputs of {n} examples); this method takes no reference sets."
+        )
+    counts = {ref.shape[1] for ref, _ in formatted}
+    counts.discard(1)
+    if len(counts) > 1:
+        raise ValueError(
+            f"All tensors of `baselines` must hold the same number of references, got {counts}."
+        )
+    r = counts.pop() if counts else 1
+    refs = tuple(ref.expand(n, r, *ref.shape[2:]) for ref, _ in formatted)
+    return refs, r
+
+
+def expand_for_paths(target: Any, additional_forward_args: Any, r: int) -> tuple[Any, Any]:
+    """Repeats per-example targets and forward arguments once per reference (path p = n * R + r)."""
+    args = _format_additional_forward_args(additional_forward_args)
+    if r == 1:
+        return target, args
+    target = _expand_target(target, r, expansion_type=ExpansionTypes.repeat_interleave)
+    if args is not None:
+        args = _expand_additional_forward_args(args, r, ExpansionTypes.repeat_interleave)
+    return target, args
+
+
+def slice_target(target: Any, rows: slice, n_rows: int) -> Any:
+    """The part of a per-path target that belongs to ``rows``; shared targets pass unchanged."""
+    if isinstance(target, list) or (isinstance(target, Tensor) and target.numel() > 1):
+        return target[rows]
+    return target
+
+
+def slice_args(args: tuple[Any, ...] | None, rows: slice, n_rows: int) -> tuple[Any, ...] | None:
+    """The part of per-path forward arguments that belongs to ``rows``."""
+    if args is None:
+        return None
+    return tuple(
+        a[rows] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n_rows else a
+        for a in args
+    )
+
+
+def format_clamp(clamp: Any, n_inputs: int) -> tuple[tuple[Any, Any], ...] | None:
+    """``clamp`` as one (low, high) pair per input tensor, or None."""
+    if clamp is None:
+        return None
+
+    def pair(c: Any, where: str) -> tuple[Any, Any]:
+        if not isinstance(c, Sequence) or isinstance(c, str) or len(c) != 2:
+            raise ValueError(f"`{where}` must be a pair (low, high), got {c!r}.")
+        low, high = c
+        for bound in (low, high):
+            if bound is not None and not isinstance(bound, (int, float, Tensor)):
+                raise TypeError(
+                    f"`{where}` bounds must be numbers, tensors or None, got {type(bound).__name__}."
+                )
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+            raise ValueError(f"`{where}` must have low <= high, got ({low}, {high}).")
+        return low, high
+
+    per_input = (
+        isinstance(clamp, Sequence)
+        and len(clamp) == n_inputs
+        and all(isinstance(c, Sequence) and not isinstance(c, str) for c in clamp)
+    )
+    if per_input:
+        return tuple(pair(c, f"clamp[{i}]") for i, c in enumerate(clamp))
+    return (pair(clamp, "clamp"),) * n_inputs
+
+
+def flatten(x: tuple[Tensor, ...]) -> Tensor:
+    """Concatenates the features of a tuple of (P, ...) tensors into one (P, D) tensor."""
+    if len(x) == 1:
+        return x[0].reshape(x[0].shape[0], -1)
+    return torch.cat([t.reshape(t.shape[0], -1) for t in x], dim=1)
+
+
+def unflatten(flat: Tensor, like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Inverse of :func:`flatten` for tensors shaped as ``like``."""
+    sizes = [t[0].numel() for t in like]
+    return tuple(
+        part.reshape(t.shape) for part, t in zip(torch.split(flat, sizes, dim=1), like)
+    )

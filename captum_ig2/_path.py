@@ -1,0 +1,376 @@
+"""The shared path engine.
+
+Every method of the package is a discrete path x_0 -> x_1 -> ... -> x_T, built step by step from
+gradients of the model, plus a Riemann sum of the explained output's gradient along it::
+
+    riemann_left:       sum_k (x_k+1 - x_k) * grad f(x_k)
+    riemann_trapezoid:  sum_k (x_k+1 - x_k) * (grad f(x_k) + grad f(x_k+1)) / 2
+
+so that the sum of the integral is f(x_T) - f(x_0) up to the discretisation error. Methods differ
+only in their step rule (``_steps.py``). The engine steps all P paths of a call together (P = N
+inputs x R references): one forward pass per path point for all of them, in chunks of at most
+``internal_batch_size`` rows, and keeps only the current point, the previous gradient and the
+running sum in memory, whatever ``n_steps`` is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from captum._utils.common import _run_forward, _select_targets
+from captum._utils.gradient import compute_gradients
+from captum._utils.progress import progress
+from torch import Tensor
+from torch.nn import Module
+
+from captum_ig2._common import slice_args, slice_target
+
+GradientFunc = Callable[..., tuple[Tensor, ...]]
+
+
+class StepRule(Protocol):
+    """Moves every path one step: ``x_k -> x_k+1``.
+
+    ``needs_distance_gradient`` asks the engine for the gradient of the representation distance
+    (IG2's GradPath); every rule also receives the explained output's gradient at ``x_k``.
+    """
+
+    needs_distance_gradient: bool
+
+    def __call__(
+        self,
+        k: int,
+        x: tuple[Tensor, ...],
+        output_grad: tuple[Tensor, ...],
+        distance_grad: tuple[Tensor, ...] | None,
+    ) -> tuple[Tensor, ...]: ...
+
+
+@dataclass
+class PathIntegral:
+    """What the engine returns for P paths.
+
+    Attributes:
+        integral: sum over segments of (x_k+1 - x_k) * gradient, one (P, ...) tensor per input.
+        start_output: the explained output f(x_0), shape (P,).
+        end_output: f(x_T), shape (P,), or None when it was not asked for.
+        points: with ``record=True``, the path points, one (T + 1, P, ...) tensor per input.
+        outputs: with ``record=True``, f at every path point, shape (T + 1, P).
+    """
+
+    integral: tuple[Tensor, ...]
+    start_output: Tensor
+    end_output: Tensor | None
+    points: tuple[Tensor, ...] | None = None
+    outputs: Tensor | None = None
+
+
+class _Capture:
+    """Forward hook that keeps the latest output (or input) of a representation layer."""
+
+    def __init__(self, module: Module, use_input: bool) -> None:
+        self.value: Tensor | None = None
+        self.use_input = use_input
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: Module, inp: Any, out: Any) -> None:
+        self.value = _as_flat(inp if self.use_input else out)
+
+    def take(self) -> Tensor | None:
+        value, self.value = self.value, None
+        return value
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def _as_flat(value: Any) -> Tensor:
+    """A layer's output or input (a tensor or a tuple of them) as one (rows, features) tensor."""
+    if isinstance(value, Tensor):
+        return value.reshape(value.shape[0], -1) if value.dim() > 0 else value.reshape(1, 1)
+    tensors = [v for v in value if isinstance(v, Tensor)]
+    return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
+
+
+class PathFunction:
+    """The model seen from a path: the explained output and, for IG2, the representation distance.
+
+    Gradients go through ``gradient_func``, which has the signature of Captum's
+    ``GradientAttribution.gradient_func``: ``(forward_fn, inputs, target_ind,
+    additional_forward_args) -> gradients``. With Captum's default ``compute_gradients`` the
+    engine takes both gradients of IG2 from one shared forward pass (one forward, two backward
+    passes); any other gradient function (a layer hook, a user's swap) is called once per
+    gradient, so it sees every evaluation, the representation distance included.
+
+    Args:
+        forward_func: the model or function explained.
+        gradient_func: see above.
+        target: the target of every path (already expanded to P rows).
+        additional_forward_args: the forward arguments of every path (expanded to P rows).
+        n_paths: P.
+        representation_layer: module whose output (or input) is the representation; None means
+            the model's output. Only used with :meth:`set_references`.
+        representation_input: use the layer's input instead of its output.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        gradient_func: GradientFunc,
+        target: Any,
+        additional_forward_args: tuple[Any, ...] | None,
+        n_paths: int,
+        representation_layer: Module | None = None,
+        representation_input: bool = False,
+    ) -> None:
+        self.forward_func = forward_func
+        self.gradient_func = gradient_func
+        self.target = target
+        self.args = additional_forward_args
+        self.n_paths = n_paths
+        self.representation_layer = representation_layer
+        self.representation_input = representation_input
+        self.reference_representation: Tensor | None = None
+        self._capture: _Capture | None = None
+
+    # -- hooks -------------------------------------------------------------------------------
+    def __enter__(self) -> PathFunction:
+        if self.representation_layer is not None:
+            self._capture = _Capture(self.representation_layer, self.representation_input)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    # -- representation distance ---------------------------------------------------------------
+    def _representation(self, output: Tensor) -> Tensor:
+        if self._capture is None:
+            return _as_flat(output)
+        rep = self._capture.take()
+        if rep is None:
+            raise ValueError(
+                f"`representation_layer` {type(self.representation_layer).__name__} was not "
+                "called during the forward pass of the model, so it gives no representation. "
+                "Pass a module that the forward pass runs, or None for the model output."
+            )
+        return rep
+
+    def set_references(self, references: tuple[Tensor, ...], internal_batch_size: int | None):
+        """Computes the representation of every path's reference (one forward, no gradient)."""
+        parts = []
+        with torch.no_grad():
+            for rows in _chunks(self.n_paths, internal_batch_size):
+                chunk = tuple(r[rows] for r in references)
+                output = _run_forward(
+                    self.forward_func, chunk, None, slice_args(self.args, rows, self.n_paths)
+                )
+                parts.append(self._representation(output).detach())
+        self.reference_representation = torch.cat(parts, dim=0)
+
+    def _distance(self, output: Tensor, rows: slice) -> Tensor:
+        """Mean squared distance between representations, as in the authors' code (MSE)."""
+        rep = self._representation(output)
+        assert self.reference_representation is not None
+        ref = self.reference_representation[rows]
+        return (rep - ref).pow(2).mean(dim=1)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(
+        self,
+        x: tuple[Tensor, ...],
+        rows: slice,
+        need_value: bool,
+        output_grad: bool,
+        distance_grad: bool,
+    ) -> tuple[Tensor | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        """f(x), and the gradients asked for, at the points ``x`` of paths ``rows``."""
+        target = slice_target(self.target, rows, self.n_paths)
+        args = slice_args(self.args, rows, self.n_paths)
+        if not (output_grad or distance_grad):
+            with torch.no_grad():
+                return _selected(self.forward_func, x, target, args), None, None
+        if self.gradient_func is compute_gradients:
+            return self._evaluate_fused(x, rows, target, args, output_grad, distance_grad)
+
+        # A custom gradient function is called once per gradient: it owns the forward pass.
+        values, out_g, dist_g = None, None, None
+        if distance_grad:
+
+            def distance_forward(*inputs_and_args: Any) -> Tensor:
+                output = self.forward_func(*inputs_and_args)
+                return self._distance(output, rows)
+
+            dist_g = self.gradient_func(distance_forward, x, None, args)
+        if output_grad:
+            out_g = self.gradient_func(self.forward_func, x, target, args)
+        if need_value:
+            with torch.no_grad():
+                values = _selected(self.forward_func, x, target, args)
+        if self._capture is not None:
+            self._capture.take()
+        return values, out_g, dist_g
+
+    def _evaluate_fused(
+        self,
+        x: tuple[Tensor, ...],
+        rows: slice,
+        target: Any,
+        args: tuple[Any, ...] | None,
+        output_grad: bool,
+        distance_grad: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        with torch.enable_grad():
+            x = tuple(t.detach().requires_grad_() for t in x)
+            output = _run_forward(self.forward_func, x, None, args)
+            selected = _check_scalar_per_example(_select_targets(output, target))
+            dist_g = None
+            if distance_grad:
+                distance = self._distance(output, rows)
+                dist_g = _grad(distance, x, retain_graph=output_grad)
+            elif self._capture is not None:
+                self._capture.take()
+            out_g = _grad(selected, x, retain_graph=False) if output_grad else None
+        return selected.detach(), out_g, dist_g
+
+
+def _selected(forward_func: Callable[..., Tensor], x: Any, target: Any, args: Any) -> Tensor:
+    return _check_scalar_per_example(_run_forward(forward_func, x, target, args)).detach()
+
+
+def _check_scalar_per_example(selected: Tensor) -> Tensor:
+    if selected.dim() == 0:
+        selected = selected.reshape(1)
+    if selected.dim() > 1 and selected[0].numel() != 1:
+        raise ValueError(
+            "`target` is needed: the forward function returns "
+            f"{selected[0].numel()} values per example (output shape {tuple(selected.shape)}), "
+            "and only one scalar per example can be attributed."
+        )
+    return selected.reshape(selected.shape[0])
+
+
+def _grad(y: Tensor, x: tuple[Tensor, ...], retain_graph: bool) -> tuple[Tensor, ...]:
+    """d sum(y) / d x, with zeros where ``y`` does not depend on an input."""
+    if not y.requires_grad:
+        return tuple(torch.zeros_like(t) for t in x)
+    grads = torch.autograd.grad(y.sum(), x, retain_graph=retain_graph, allow_unused=True)
+    return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, x))
+
+
+def _chunks(n_rows: int, internal_batch_size: int | None) -> list[slice]:
+    size = n_rows if internal_batch_size is None else internal_batch_size
+    return [slice(a, min(a + size, n_rows)) for a in range(0, n_rows, max(size, 1))]
+
+
+def _evaluate_chunked(
+    function: PathFunction,
+    x: tuple[Tensor, ...],
+    internal_batch_size: int | None,
+    need_value: bool,
+    output_grad: bool,
+    distance_grad: bool,
+) -> tuple[Tensor | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+    chunks = _chunks(x[0].shape[0], internal_batch_size)
+    if len(chunks) == 1:
+        return function.evaluate(x, chunks[0], need_value, output_grad, distance_grad)
+    results = [
+        function.evaluate(tuple(t[rows] for t in x), rows, need_value, output_grad, distance_grad)
+        for rows in chunks
+    ]
+    values = torch.cat([r[0] for r in results]) if results[0][0] is not None else None
+
+    def join(i: int) -> tuple[Tensor, ...] | None:
+        if results[0][i] is None:
+            return None
+        return tuple(torch.cat(parts) for parts in zip(*(r[i] for r in results)))
+
+    return values, join(1), join(2)
+
+
+def integrate_path(
+    start: tuple[Tensor, ...],
+    step: StepRule,
+    n_steps: int,
+    function: PathFunction,
+    method: str = "riemann_trapezoid",
+    internal_batch_size: int | None = None,
+    need_end_output: bool = False,
+    record: bool = False,
+    show_progress: bool = False,
+    desc: str = "path",
+) -> PathIntegral:
+    """Walks every path ``n_steps`` steps from ``start`` and integrates the output's gradient.
+
+    Args:
+        start: x_0, one (P, ...) tensor per input; never modified.
+        step: the step rule that gives x_k+1 from x_k and the gradients at x_k.
+        n_steps: T, the number of path segments (T + 1 points).
+        function: the model seen from the paths (see :class:`PathFunction`).
+        method: ``"riemann_left"`` or ``"riemann_trapezoid"``.
+        internal_batch_size: at most this many path points go through the model at once.
+        need_end_output: evaluate f(x_T) even where the method does not need it (for deltas).
+        record: keep every point and f along the path (memory grows with T).
+        show_progress: show a progress bar over the path points.
+        desc: the progress bar's label.
+    """
+    trapezoid = method == "riemann_trapezoid"
+    x = tuple(t.detach() for t in start)
+    total = tuple(torch.zeros_like(t) for t in x)
+    points: list[tuple[Tensor, ...]] = []
+    outputs: list[Tensor] = []
+    start_output: Tensor | None = None
+    end_output: Tensor | None = None
+    previous: tuple[Tensor, ...] = x
+    previous_grad: tuple[Tensor, ...] = x
+    bar = progress(desc=desc, total=n_steps + 1) if show_progress else None
+    try:
+        for k in range(n_steps + 1):
+            last = k == n_steps
+            if last and not (trapezoid or need_end_output or record):
+                break
+            value, grad, dist_grad = _evaluate_chunked(
+                function,
+                x,
+                internal_batch_size,
+                need_value=k == 0 or last or record,
+                output_grad=trapezoid or not last,
+                distance_grad=step.needs_distance_gradient and not last,
+            )
+            if k == 0:
+                start_output = value
+            if last:
+                end_output = value
+            if record:
+                points.append(x)
+                outputs.append(value)
+            if trapezoid and k > 0:
+                # Segment k-1 with the mean of the gradients at both of its ends.
+                for acc, now, before, g_before, g_now in zip(total, x, previous, previous_grad, grad):
+                    acc.add_((now - before) * (g_before + g_now), alpha=0.5)
+            if bar is not None:
+                bar.update()
+            if last:
+                break
+            x_next = step(k, x, grad, dist_grad)
+            if not trapezoid:
+                # Segment k with the gradient at its start, as the papers' sums.
+                for acc, now, after, g in zip(total, x, x_next, grad):
+                    acc.add_((after - now) * g)
+            previous, previous_grad = x, grad
+            x = x_next
+    finally:
+        if bar is not None:
+            bar.close()
+    assert start_output is not None
+    return PathIntegral(
+        integral=total,
+        start_output=start_output,
+        end_output=end_output,
+        points=tuple(torch.stack(p) for p in zip(*points)) if record else None,
+        outputs=torch.stack(outputs) if record else None,
+    )
