@@ -141,7 +141,9 @@ def format_references(
     inputs, and a tensor with one more dimension than the input holds reference sets
     (N, R, *F) or one set (1, R, *F).
     """
-    if not isinstance(baselines, tuple):
+    if baselines is None:
+        baselines = (None,) * len(inputs)
+    elif not isinstance(baselines, tuple):
         baselines = (baselines,)
     if len(baselines) != len(inputs):
         raise ValueError(

@@ -116,24 +116,8 @@ class GuidedStep:
         n_features = self.baseline.shape[1]
         # Index of the "lower" quantile of |grad| over all features, as numpy's.
         self.quantile_index = math.floor(fraction * (n_features - 1))
-        # A chunk spans at least quantile_index + 1 sorted positions.
+        # A chunk holds at least quantile_index + 1 features, so this many chunks cover them all.
         self.max_chunks = math.ceil(n_features / (self.quantile_index + 1)) + 1
-
-    def _chunk_ids(self, sorted_key: Tensor, n_finite: Tensor) -> Tensor:
-        """Chunk number of every sorted position: PAIR's successive quantile selections."""
-        rows, n_features = sorted_key.shape
-        starts = torch.zeros(rows, 1, dtype=torch.long, device=sorted_key.device)
-        marks = torch.zeros(rows, n_features + 1, dtype=torch.long, device=sorted_key.device)
-        last_finite = (n_finite - 1).unsqueeze(1)
-        for _ in range(self.max_chunks):
-            threshold_at = starts + self.quantile_index
-            threshold = sorted_key.gather(1, threshold_at.clamp(max=n_features - 1))
-            # Every remaining feature with |grad| <= threshold is selected: ties join the chunk.
-            tie_end = torch.searchsorted(sorted_key, threshold, right=True) - 1
-            end = torch.where(threshold_at > last_finite, last_finite, tie_end)
-            starts = torch.maximum(end + 1, starts + 1).clamp(max=n_features)
-            marks.scatter_(1, starts, 1)
-        return marks[:, :n_features].cumsum(dim=1)
 
     def __call__(
         self,
@@ -149,7 +133,7 @@ class GuidedStep:
         alpha_max = min(alpha + self.max_dist, 1.0)
         x_min = self.baseline + self.diff * alpha_min
         x_max = self.baseline + self.diff * alpha_max
-        l1_target = self.l1_total * (1.0 - (k + 1.0) / self.n_steps)
+        l1_target = self.l1_total * (1.0 - alpha)
 
         # Features behind alpha_min jump to the lower bound of the allowed band.
         x_alpha = torch.where(
@@ -157,38 +141,31 @@ class GuidedStep:
         )
         x_flat = torch.where(x_alpha < alpha_min, x_min, x_flat)
         l1_current = (x_flat - self.input).abs().sum(dim=1)
-        gap = l1_current - l1_target
-        done = gap.abs() <= self.EPSILON * torch.maximum(
-            torch.maximum(l1_current.abs(), l1_target.abs()), torch.ones_like(l1_current)
-        )
-        gap = torch.where(done, torch.zeros_like(gap), gap.clamp_min(0.0))
 
-        # Order features by |grad|; those already at the upper bound cannot move (key = inf).
-        at_max = x_flat == x_max
-        key = torch.where(at_max, torch.full_like(grad, math.inf), grad.abs())
-        sorted_key, order = key.sort(dim=1)
-        chunk = self._chunk_ids(sorted_key, (~at_max).sum(dim=1))
-        x_sorted = x_flat.gather(1, order)
-        max_sorted = x_max.gather(1, order)
-        room = (max_sorted - x_sorted).abs()
-
-        # L1 each chunk can remove, and what the chunks before it remove when saturated.
-        chunk_l1 = torch.zeros(
-            room.shape[0], self.max_chunks + 2, dtype=room.dtype, device=room.device
-        ).scatter_add_(1, chunk, room)
-        before_l1 = chunk_l1.cumsum(dim=1) - chunk_l1
-        chunk_room = chunk_l1.gather(1, chunk)
-        chunk_before = before_l1.gather(1, chunk)
-        gap = gap.unsqueeze(1)
-        # Chunks whose end stays short of the gap saturate; the first that reaches it moves by
-        # gamma = (remaining gap) / (its L1); later chunks stay.
-        saturate = chunk_before + chunk_room < gap
-        partial = ~saturate & (chunk_before < gap)
-        gamma = (gap - chunk_before) / torch.where(chunk_room > 0, chunk_room, 1.0)
-        moved = torch.where(
-            saturate,
-            max_sorted,
-            torch.where(partial, x_sorted + gamma * (max_sorted - x_sorted), x_sorted),
-        )
-        x_next = torch.empty_like(x_flat).scatter_(1, order, moved)
-        return unflatten(x_next, self.like)
+        # Features at the upper bound cannot move: they count as infinitely important.
+        key = torch.where(x_flat == x_max, math.inf, grad.abs())
+        room = (x_max - x_flat).abs()
+        removed = torch.zeros_like(l1_current)  # L1 removed by the chunks saturated so far
+        active = torch.ones_like(l1_current, dtype=torch.bool)
+        for _ in range(self.max_chunks):
+            # PAIR's check that the L1 target is met (math.isclose with rel = abs = EPSILON).
+            remaining = l1_current - removed
+            met = (remaining - l1_target).abs() <= self.EPSILON * torch.maximum(
+                torch.maximum(remaining.abs(), l1_target.abs()), torch.ones_like(remaining)
+            )
+            active = active & ~met
+            # The lowest `fraction` of |grad| among all features ("lower" quantile).
+            threshold = key.kthvalue(self.quantile_index + 1, dim=1).values.unsqueeze(1)
+            selected = (key <= threshold) & (key != math.inf) & active.unsqueeze(1)
+            chunk_room = (room * selected).sum(dim=1)
+            gamma = (remaining - l1_target) / chunk_room
+            saturate = gamma > 1.0  # also where the chunk has no room (gamma = inf)
+            move = torch.where(saturate, 1.0, gamma).unsqueeze(1)
+            x_flat = torch.where(selected, x_flat + move * (x_max - x_flat), x_flat)
+            x_flat = torch.where(selected & saturate.unsqueeze(1), x_max, x_flat)
+            removed = removed + chunk_room
+            key = torch.where(selected, math.inf, key)
+            active = active & saturate
+            if x_flat.device.type == "cpu" and not bool(active.any()):
+                break  # no device to sync with on the CPU: stop as soon as every path is done
+        return unflatten(x_flat, self.like)
