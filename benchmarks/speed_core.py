@@ -52,8 +52,9 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def authors_ig2(model: nn.Module, x: torch.Tensor, refs: torch.Tensor, target: int, steps: int,
-                step_size: float) -> np.ndarray:
+def authors_ig2(
+    model: nn.Module, x: torch.Tensor, refs: torch.Tensor, target: int, steps: int, step_size: float
+) -> np.ndarray:
     """The published procedure (Zhuo & Ge's ``IG2.GetMask``), one explicand, NumPy between calls."""
 
     def call(points: np.ndarray, key: str, ref_rep: torch.Tensor | None = None):
@@ -111,8 +112,12 @@ def main() -> None:
     x = torch.rand(8, 3, 32, 32)
     refs = torch.rand(4, 3, 32, 32)
     ig2 = IterativeGradientIG(model)
-    t_ours = median_time(lambda: ig2.attribute(x, refs, target=0, n_steps=steps, step_size=0.5,
-                                               clamp=(0, 1), method="riemann_left"), repeats)
+    t_ours = median_time(
+        lambda: ig2.attribute(
+            x, refs, target=0, n_steps=steps, step_size=0.5, clamp=(0, 1), method="riemann_left"
+        ),
+        repeats,
+    )
     t_auth = median_time(lambda: [authors_ig2(model, xi, refs, 0, steps, 0.5) for xi in x],
                          repeats)  # fmt: skip
     rows.append((f"authors' IG2 / IG2, N=8, R=4, T={steps}", t_auth, t_ours))
@@ -148,8 +153,9 @@ def main() -> None:
         t_pair = median_time(lambda: [pair.GetMask(xi.numpy(), call_model, x_steps=steps)
                                       for xi in x], repeats)  # fmt: skip
         gig = GuidedIG(model)
-        t_gig = median_time(lambda: gig.attribute(x, target=0, n_steps=steps,
-                                                  method="riemann_left"), repeats)
+        t_gig = median_time(
+            lambda: gig.attribute(x, target=0, n_steps=steps, method="riemann_left"), repeats
+        )
         rows.append((f"PAIR Guided IG / Guided IG, N=16, T={steps}", t_pair, t_gig))
 
     print(f"{'ratio':48s} {'numerator s':>12s} {'denominator s':>14s} {'ratio':>7s}")

@@ -70,7 +70,8 @@ def check_internal_batch_size(internal_batch_size: Any) -> int | None:
         return None
     if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
         raise TypeError(
-            f"`internal_batch_size` must be an int or None, got {type(internal_batch_size).__name__}."
+            "`internal_batch_size` must be an int or None, got "
+            f"{type(internal_batch_size).__name__}."
         )
     if internal_batch_size < 1:
         raise ValueError(f"`internal_batch_size` must be at least 1, got {internal_batch_size}.")
@@ -209,7 +210,8 @@ def format_clamp(clamp: Any, n_inputs: int) -> tuple[tuple[Any, Any], ...] | Non
         for bound in (low, high):
             if bound is not None and not isinstance(bound, (int, float, Tensor)):
                 raise TypeError(
-                    f"`{where}` bounds must be numbers, tensors or None, got {type(bound).__name__}."
+                    f"`{where}` bounds must be numbers, tensors or None, got "
+                    f"{type(bound).__name__}."
                 )
         if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
             raise ValueError(f"`{where}` must have low <= high, got ({low}, {high}).")
@@ -235,6 +237,4 @@ def flatten(x: tuple[Tensor, ...]) -> Tensor:
 def unflatten(flat: Tensor, like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """Inverse of :func:`flatten` for tensors shaped as ``like``."""
     sizes = [t[0].numel() for t in like]
-    return tuple(
-        part.reshape(t.shape) for part, t in zip(torch.split(flat, sizes, dim=1), like)
-    )
+    return tuple(part.reshape(t.shape) for part, t in zip(torch.split(flat, sizes, dim=1), like))

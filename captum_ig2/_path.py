@@ -198,6 +198,7 @@ class PathFunction:
             return self._evaluate_fused(x, rows, target, args, output_grad, distance_grad)
 
         # A custom gradient function is called once per gradient: it owns the forward pass.
+        x = tuple(t.detach().requires_grad_() for t in x)
         values, out_g, dist_g = None, None, None
         if distance_grad:
 
@@ -350,7 +351,9 @@ def integrate_path(
                 outputs.append(value)
             if trapezoid and k > 0:
                 # Segment k-1 with the mean of the gradients at both of its ends.
-                for acc, now, before, g_before, g_now in zip(total, x, previous, previous_grad, grad):
+                for acc, now, before, g_before, g_now in zip(
+                    total, x, previous, previous_grad, grad
+                ):
                     acc.add_((now - before) * (g_before + g_now), alpha=0.5)
             if bar is not None:
                 bar.update()

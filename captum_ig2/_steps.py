@@ -137,7 +137,9 @@ class GuidedStep:
 
         # Features behind alpha_min jump to the lower bound of the allowed band.
         x_alpha = torch.where(
-            self.moves, (x_flat - self.baseline) / torch.where(self.moves, self.diff, 1.0), alpha_max
+            self.moves,
+            (x_flat - self.baseline) / torch.where(self.moves, self.diff, 1.0),
+            alpha_max,
         )
         x_flat = torch.where(x_alpha < alpha_min, x_min, x_flat)
         l1_current = (x_flat - self.input).abs().sum(dim=1)

@@ -243,4 +243,3 @@ class GuidedIG(PathAttribution):
             attributions=_format_output(is_inputs_tuple, attributions),
             delta=delta,
         )
-

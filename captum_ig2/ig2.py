@@ -268,7 +268,9 @@ class IterativeGradientIG(PathAttribution):
                 )
             if not (math.isfinite(step_size) and step_size > 0):
                 raise ValueError(f"`step_size` must be a positive finite float, got {step_size}.")
-            eta = torch.full((n * r,), float(step_size), dtype=start[0].dtype, device=start[0].device)
+            eta = torch.full(
+                (n * r,), float(step_size), dtype=start[0].dtype, device=start[0].device
+            )
         path_target, path_args = expand_for_paths(target, additional_forward_args, r)
 
         function = PathFunction(

@@ -8,6 +8,7 @@ over references. ``pair_guided_ig`` runs PAIR's ``guided_ig_impl`` one example a
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ def ig2_reference(
     clamp: tuple[float, float],
     representation: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """IG2 of one explicand ``x`` (shape F) against ``references`` (R, *F); returns (attr, GradCFs)."""
+    """IG2 of one explicand ``x`` (F) against ``references`` (R, *F); returns (attr, GradCFs)."""
     rep = representation if representation is not None else model
     attributions = []
     ends = []
@@ -46,7 +47,7 @@ def ig2_reference(
             path.append(point)
         # 2. Integrate the output's gradient along the path: sum (x_k - x_k+1) * grad f(x_k).
         attribution = torch.zeros_like(x)
-        for before, after in zip(path[:-1], path[1:]):
+        for before, after in itertools.pairwise(path):
             before = before.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(model(before.unsqueeze(0))[0, target], before)
             attribution += (before.detach() - after) * grad

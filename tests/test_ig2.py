@@ -94,7 +94,9 @@ def test_ig2_reference_forms_agree(mlp: nn.Module) -> None:
     # Paired references (Captum's per-example form) explain input n against reference n.
     paired = ig2.attribute(x, refs[:3], **kwargs)
     for i in range(3):
-        torch.testing.assert_close(paired[i], ig2.attribute(x[i : i + 1], refs[i : i + 1], **kwargs)[0])
+        torch.testing.assert_close(
+            paired[i], ig2.attribute(x[i : i + 1], refs[i : i + 1], **kwargs)[0]
+        )
 
 
 def test_ig2_delta_is_measured_against_gradcf_not_reference(mlp: nn.Module) -> None:
