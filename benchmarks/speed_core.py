@@ -14,9 +14,11 @@ Run:  python benchmarks/speed_core.py [--steps 50] [--repeats 5] [--smoke]
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -42,14 +44,16 @@ class SmallCNN(nn.Module):
         return self.head(self.body(x))
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def compare(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int):
+    """Median wall times of ``fn_a`` and ``fn_b``, measured alternately to share any drift."""
+    fn_a(), fn_b()  # warm-up
+    times_a, times_b = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def authors_ig2(
@@ -79,7 +83,7 @@ def authors_ig2(
         delta = np.clip(xs + delta + g / norm * step_size, 0, 1) - xs
         path.append(xs + delta)
     attr = np.zeros_like(xs)
-    for before, after in zip(path[:-1], path[1:]):
+    for before, after in itertools.pairwise(path):
         attr += (before - after) * call(before, "grad")
     return attr.mean(0)
 
@@ -92,44 +96,35 @@ def main() -> None:
     args = parser.parse_args()
     steps, repeats = (4, 1) if args.smoke else (args.steps, args.repeats)
     torch.manual_seed(0)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     model = SmallCNN().eval()
+    ig, ig2, gig = IntegratedGradients(model), IterativeGradientIG(model), GuidedIG(model)
     rows = []
-
     for n in (1, 8, 32):
         x = torch.rand(n, 3, 32, 32)
-        ig = IntegratedGradients(model)
-        t_ig = median_time(lambda: ig.attribute(x, target=0, n_steps=steps, method="riemann_left"),
-                           repeats)  # fmt: skip
-        ig2 = IterativeGradientIG(model)
-        t_ig2 = median_time(lambda: ig2.attribute(x, target=0, n_steps=steps, clamp=(0, 1)),
-                            repeats)  # fmt: skip
-        gig = GuidedIG(model)
-        t_gig = median_time(lambda: gig.attribute(x, target=0, n_steps=steps), repeats)
-        rows.append((f"IG2 / Captum IG, N={n}, T={steps}", t_ig2, t_ig))
-        rows.append((f"Guided IG / Captum IG, N={n}, T={steps}", t_gig, t_ig))
+        # Same number of model gradients: T for Captum's IG, T + 1 for the trapezoid's path.
+        run_ig = partial(ig.attribute, x, target=0, n_steps=steps, method="riemann_left")
+        run_ig2 = partial(ig2.attribute, x, target=0, n_steps=steps, clamp=(0, 1))
+        run_gig = partial(gig.attribute, x, target=0, n_steps=steps)
+        rows.append((f"IG2 / Captum IG, N={n}, T={steps}", *compare(run_ig2, run_ig, repeats)))
+        rows.append(
+            (f"Guided IG / Captum IG, N={n}, T={steps}", *compare(run_gig, run_ig, repeats))
+        )
 
     x = torch.rand(8, 3, 32, 32)
     refs = torch.rand(4, 3, 32, 32)
-    ig2 = IterativeGradientIG(model)
-    t_ours = median_time(
-        lambda: ig2.attribute(
-            x, refs, target=0, n_steps=steps, step_size=0.5, clamp=(0, 1), method="riemann_left"
-        ),
-        repeats,
+    run_ig2 = partial(ig2.attribute, x, refs, target=0, n_steps=steps, step_size=0.5,
+                      clamp=(0, 1), method="riemann_left")  # fmt: skip
+    run_authors = partial(lambda: [authors_ig2(model, xi, refs, 0, steps, 0.5) for xi in x])
+    rows.append(
+        (f"authors' IG2 / IG2, N=8, R=4, T={steps}", *compare(run_authors, run_ig2, repeats))
     )
-    t_auth = median_time(lambda: [authors_ig2(model, xi, refs, 0, steps, 0.5) for xi in x],
-                         repeats)  # fmt: skip
-    rows.append((f"authors' IG2 / IG2, N=8, R=4, T={steps}", t_auth, t_ours))
 
     try:
-        from saliency.core import GuidedIG as PairGuidedIG
+        import saliency.core.guided_ig as pair_module
         from saliency.core.base import INPUT_OUTPUT_GRADIENTS
     except ImportError:
-        PairGuidedIG = None
-    if PairGuidedIG is not None:
-        import saliency.core.guided_ig as pair_module
-
+        pair_module = None
+    if pair_module is not None:
         if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
             # saliency 0.2.1 calls np.quantile(interpolation=...), removed in NumPy 2.
             class _Np:
@@ -142,21 +137,20 @@ def main() -> None:
 
             pair_module.np = _Np()
 
-        x = torch.rand(16, 3, 32, 32)
+        x16 = torch.rand(16, 3, 32, 32)
 
         def call_model(points, call_model_args=None, expected_keys=None):  # type: ignore[no-untyped-def]
             t = torch.tensor(points, dtype=torch.float32, requires_grad=True)
             model(t)[:, 0].sum().backward()
             return {INPUT_OUTPUT_GRADIENTS: t.grad.numpy()}
 
-        pair = PairGuidedIG()
-        t_pair = median_time(lambda: [pair.GetMask(xi.numpy(), call_model, x_steps=steps)
-                                      for xi in x], repeats)  # fmt: skip
-        gig = GuidedIG(model)
-        t_gig = median_time(
-            lambda: gig.attribute(x, target=0, n_steps=steps, method="riemann_left"), repeats
+        pair = pair_module.GuidedIG()
+        run_pair = partial(
+            lambda: [pair.GetMask(xi.numpy(), call_model, x_steps=steps) for xi in x16]
         )
-        rows.append((f"PAIR Guided IG / Guided IG, N=16, T={steps}", t_pair, t_gig))
+        run_gig = partial(gig.attribute, x16, target=0, n_steps=steps, method="riemann_left")
+        rows.append((f"PAIR Guided IG / Guided IG, N=16, T={steps}",
+                     *compare(run_pair, run_gig, repeats)))  # fmt: skip
 
     print(f"{'ratio':48s} {'numerator s':>12s} {'denominator s':>14s} {'ratio':>7s}")
     for name, a, b in rows:

@@ -227,7 +227,7 @@ class PathFunction:
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         with torch.enable_grad():
             x = tuple(t.detach().requires_grad_() for t in x)
-            output = _run_forward(self.forward_func, x, None, args)
+            output = self.forward_func(*x, *args) if args else self.forward_func(*x)
             selected = _check_scalar_per_example(_select_targets(output, target))
             dist_g = None
             if distance_grad:

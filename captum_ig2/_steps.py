@@ -109,7 +109,10 @@ class GuidedStep:
         self.baseline = flatten(baseline)
         self.input = flatten(inputs)
         self.diff = self.input - self.baseline
-        self.moves = self.diff != 0
+        # Features with input == baseline never move; dividing them by 1 keeps their alpha at 0,
+        # and snapping them to x_min (= baseline = x) changes no value.
+        self.safe_diff = torch.where(self.diff != 0, self.diff, 1.0)
+        self.largest = torch.finfo(self.diff.dtype).max
         self.l1_total = self.diff.abs().sum(dim=1)
         self.n_steps = n_steps
         self.max_dist = max_dist
@@ -136,11 +139,7 @@ class GuidedStep:
         l1_target = self.l1_total * (1.0 - alpha)
 
         # Features behind alpha_min jump to the lower bound of the allowed band.
-        x_alpha = torch.where(
-            self.moves,
-            (x_flat - self.baseline) / torch.where(self.moves, self.diff, 1.0),
-            alpha_max,
-        )
+        x_alpha = (x_flat - self.baseline) / self.safe_diff
         x_flat = torch.where(x_alpha < alpha_min, x_min, x_flat)
         l1_current = (x_flat - self.input).abs().sum(dim=1)
 
@@ -157,8 +156,10 @@ class GuidedStep:
             )
             active = active & ~met
             # The lowest `fraction` of |grad| among all features ("lower" quantile).
-            threshold = key.kthvalue(self.quantile_index + 1, dim=1).values.unsqueeze(1)
-            selected = (key <= threshold) & (key != math.inf) & active.unsqueeze(1)
+            threshold = key.kthvalue(self.quantile_index + 1, dim=1).values
+            # Features at their bound (key = inf) are never selected, nor any of a finished path.
+            threshold = torch.where(active, threshold.clamp(max=self.largest), -1.0)
+            selected = key <= threshold.unsqueeze(1)
             chunk_room = (room * selected).sum(dim=1)
             gamma = (remaining - l1_target) / chunk_room
             saturate = gamma > 1.0  # also where the chunk has no room (gamma = inf)
