@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from captum._utils.common import _run_forward, _select_targets
+from captum._utils.common import _select_targets
 from captum._utils.gradient import compute_gradients
 from captum._utils.progress import progress
 from torch import Tensor
@@ -68,8 +68,8 @@ class PathIntegral:
     outputs: Tensor | None = None
 
 
-class _Capture:
-    """Forward hook that keeps the latest output (or input) of a representation layer."""
+class Capture:
+    """Forward hook that keeps the latest output (or input) of a layer, flattened per example."""
 
     def __init__(self, module: Module, use_input: bool) -> None:
         self.value: Tensor | None = None
@@ -95,21 +95,52 @@ def _as_flat(value: Any) -> Tensor:
     return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
 
 
+Forward = Callable[[tuple[Tensor, ...], slice], Any]
+Explain = Callable[[Any, slice], Tensor]
+
+
+def model_forward(
+    forward_func: Callable[..., Any], additional_forward_args: tuple[Any, ...] | None, n_paths: int
+) -> Forward:
+    """Runs the model on path points that are its inputs, with the paths' forward arguments."""
+
+    def forward(x: tuple[Tensor, ...], rows: slice) -> Any:
+        args = slice_args(additional_forward_args, rows, n_paths)
+        return forward_func(*x, *args) if args else forward_func(*x)
+
+    return forward
+
+
+def target_output(target: Any, n_paths: int) -> Explain:
+    """Selects each path's ``target`` from the model output, as Captum's ``_select_targets``."""
+
+    def explain(output: Any, rows: slice) -> Tensor:
+        return _check_scalar_per_example(
+            _select_targets(output, slice_target(target, rows, n_paths))
+        )
+
+    return explain
+
+
 class PathFunction:
-    """The model seen from a path: the explained output and, for IG2, the representation distance.
+    """The model seen from the paths: the explained output and, for IG2, the representation
+    distance, as functions of the path points of a chunk of paths.
 
     Gradients go through ``gradient_func``, which has the signature of Captum's
     ``GradientAttribution.gradient_func``: ``(forward_fn, inputs, target_ind,
     additional_forward_args) -> gradients``. With Captum's default ``compute_gradients`` the
     engine takes both gradients of IG2 from one shared forward pass (one forward, two backward
-    passes); any other gradient function (a layer hook, a user's swap) is called once per
-    gradient, so it sees every evaluation, the representation distance included.
+    passes); any other gradient function (a user's swap) is called once per gradient, with a
+    ``forward_fn`` of the path points that returns one scalar per path, so it sees every
+    evaluation, the representation distance included.
 
     Args:
-        forward_func: the model or function explained.
+        forward: ``forward(x, rows)`` runs the model for the points ``x`` of paths ``rows``:
+            the points are the model inputs (:func:`model_forward`), or the activations of a
+            layer that the model's own are replaced with (layer attribution).
+        explain: ``explain(output, rows)``, the explained scalar of every path from the model's
+            output (:func:`target_output`), or from a neuron captured during the forward.
         gradient_func: see above.
-        target: the target of every path (already expanded to P rows).
-        additional_forward_args: the forward arguments of every path (expanded to P rows).
         n_paths: P.
         representation_layer: module whose output (or input) is the representation; None means
             the model's output. Only used with :meth:`set_references`.
@@ -118,28 +149,26 @@ class PathFunction:
 
     def __init__(
         self,
-        forward_func: Callable[..., Tensor],
+        forward: Forward,
+        explain: Explain,
         gradient_func: GradientFunc,
-        target: Any,
-        additional_forward_args: tuple[Any, ...] | None,
         n_paths: int,
         representation_layer: Module | None = None,
         representation_input: bool = False,
     ) -> None:
-        self.forward_func = forward_func
+        self.forward = forward
+        self.explain = explain
         self.gradient_func = gradient_func
-        self.target = target
-        self.args = additional_forward_args
         self.n_paths = n_paths
         self.representation_layer = representation_layer
         self.representation_input = representation_input
         self.reference_representation: Tensor | None = None
-        self._capture: _Capture | None = None
+        self._capture: Capture | None = None
 
     # -- hooks -------------------------------------------------------------------------------
     def __enter__(self) -> PathFunction:
         if self.representation_layer is not None:
-            self._capture = _Capture(self.representation_layer, self.representation_input)
+            self._capture = Capture(self.representation_layer, self.representation_input)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,7 +177,7 @@ class PathFunction:
             self._capture = None
 
     # -- representation distance ---------------------------------------------------------------
-    def _representation(self, output: Tensor) -> Tensor:
+    def _representation(self, output: Any) -> Tensor:
         if self._capture is None:
             return _as_flat(output)
         rep = self._capture.take()
@@ -165,19 +194,23 @@ class PathFunction:
         parts = []
         with torch.no_grad():
             for rows in _chunks(self.n_paths, internal_batch_size):
-                chunk = tuple(r[rows] for r in references)
-                output = _run_forward(
-                    self.forward_func, chunk, None, slice_args(self.args, rows, self.n_paths)
-                )
+                output = self.forward(tuple(r[rows] for r in references), rows)
                 parts.append(self._representation(output).detach())
         self.reference_representation = torch.cat(parts, dim=0)
 
-    def _distance(self, output: Tensor, rows: slice) -> Tensor:
+    def _distance(self, output: Any, rows: slice) -> Tensor:
         """Mean squared distance between representations, as in the authors' code (MSE)."""
         rep = self._representation(output)
         assert self.reference_representation is not None
         ref = self.reference_representation[rows]
         return (rep - ref).pow(2).mean(dim=1)
+
+    def _value(self, x: tuple[Tensor, ...], rows: slice) -> Tensor:
+        with torch.no_grad():
+            value = self.explain(self.forward(x, rows), rows).detach()
+        if self._capture is not None:
+            self._capture.take()
+        return value
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(
@@ -189,58 +222,47 @@ class PathFunction:
         distance_grad: bool,
     ) -> tuple[Tensor | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         """f(x), and the gradients asked for, at the points ``x`` of paths ``rows``."""
-        target = slice_target(self.target, rows, self.n_paths)
-        args = slice_args(self.args, rows, self.n_paths)
         if not (output_grad or distance_grad):
-            with torch.no_grad():
-                return _selected(self.forward_func, x, target, args), None, None
+            return self._value(x, rows), None, None
         if self.gradient_func is compute_gradients:
-            return self._evaluate_fused(x, rows, target, args, output_grad, distance_grad)
+            return self._evaluate_fused(x, rows, output_grad, distance_grad)
 
         # A custom gradient function is called once per gradient: it owns the forward pass.
         x = tuple(t.detach().requires_grad_() for t in x)
-        values, out_g, dist_g = None, None, None
+        out_g, dist_g = None, None
         if distance_grad:
-
-            def distance_forward(*inputs_and_args: Any) -> Tensor:
-                output = self.forward_func(*inputs_and_args)
-                return self._distance(output, rows)
-
-            dist_g = self.gradient_func(distance_forward, x, None, args)
+            dist_g = self.gradient_func(
+                lambda *points: self._distance(self.forward(points, rows), rows), x, None, None
+            )
         if output_grad:
-            out_g = self.gradient_func(self.forward_func, x, target, args)
-        if need_value:
-            with torch.no_grad():
-                values = _selected(self.forward_func, x, target, args)
+            out_g = self.gradient_func(
+                lambda *points: self.explain(self.forward(points, rows), rows), x, None, None
+            )
         if self._capture is not None:
             self._capture.take()
-        return values, out_g, dist_g
+        return (self._value(x, rows) if need_value else None), out_g, dist_g
 
     def _evaluate_fused(
-        self,
-        x: tuple[Tensor, ...],
-        rows: slice,
-        target: Any,
-        args: tuple[Any, ...] | None,
-        output_grad: bool,
-        distance_grad: bool,
+        self, x: tuple[Tensor, ...], rows: slice, output_grad: bool, distance_grad: bool
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         with torch.enable_grad():
             x = tuple(t.detach().requires_grad_() for t in x)
-            output = self.forward_func(*x, *args) if args else self.forward_func(*x)
-            selected = _check_scalar_per_example(_select_targets(output, target))
+            output = self.forward(x, rows)
+            value = self.explain(output, rows)
             dist_g = None
             if distance_grad:
                 distance = self._distance(output, rows)
+                if not distance.requires_grad:
+                    raise ValueError(
+                        "The representation does not depend on the path points, so the GradPath "
+                        "cannot move. For layer attribution, `representation_layer` must lie "
+                        "downstream of `layer`."
+                    )
                 dist_g = _grad(distance, x, retain_graph=output_grad)
             elif self._capture is not None:
                 self._capture.take()
-            out_g = _grad(selected, x, retain_graph=False) if output_grad else None
-        return selected.detach(), out_g, dist_g
-
-
-def _selected(forward_func: Callable[..., Tensor], x: Any, target: Any, args: Any) -> Tensor:
-    return _check_scalar_per_example(_run_forward(forward_func, x, target, args)).detach()
+            out_g = _grad(value, x, retain_graph=False) if output_grad else None
+        return value.detach(), out_g, dist_g
 
 
 def _check_scalar_per_example(selected: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from captum_ig2._common import (
     expand_for_paths,
     format_references,
 )
-from captum_ig2._path import PathFunction, integrate_path
+from captum_ig2._path import PathFunction, integrate_path, model_forward, target_output
 from captum_ig2._steps import GuidedStep
 
 
@@ -207,10 +207,11 @@ class GuidedIG(PathAttribution):
         start = tuple(ref[:, 0] for ref in references)
         explained = tuple(t.detach() for t in formatted)
 
+        target, args = expand_for_paths(target, additional_forward_args, 1)
         function = PathFunction(
-            self.forward_func,
+            model_forward(self.forward_func, args, n),
+            target_output(target, n),
             self.gradient_func,
-            *expand_for_paths(target, additional_forward_args, 1),
             n_paths=n,
         )
         with function:

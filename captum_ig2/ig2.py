@@ -30,7 +30,7 @@ from captum_ig2._common import (
     format_clamp,
     format_references,
 )
-from captum_ig2._path import PathFunction, integrate_path
+from captum_ig2._path import PathFunction, integrate_path, model_forward, target_output
 from captum_ig2._steps import CounterfactualGradientStep, default_step_size
 
 
@@ -274,10 +274,9 @@ class IterativeGradientIG(PathAttribution):
         path_target, path_args = expand_for_paths(target, additional_forward_args, r)
 
         function = PathFunction(
-            self.forward_func,
+            model_forward(self.forward_func, path_args, n * r),
+            target_output(path_target, n * r),
             self.gradient_func,
-            path_target,
-            path_args,
             n_paths=n * r,
             representation_layer=self.representation_layer,
             representation_input=self.representation_input,
