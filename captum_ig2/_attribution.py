@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Generic
+from typing import Any, Generic
 
 import torch
+from captum._utils.common import _format_output
 from captum._utils.typing import TensorOrTupleOfTensorsGeneric
 from captum.attr import GradientAttribution
 from torch import Tensor
+
+from captum_ig2._path import Explain, Forward, model_forward, target_output
 
 
 @dataclass
@@ -67,6 +71,26 @@ class PathAttribution(GradientAttribution):
 
     def attribute_future(self) -> None:
         raise NotImplementedError(f"attribute_future is not implemented for {self.get_name()}.")
+
+    # The space the paths run in and the output they explain. Input attribution: the model's
+    # inputs and its target output; the layer and neuron variants override these two methods.
+    def _path_model(
+        self,
+        inputs: tuple[Tensor, ...],
+        baselines: tuple[Tensor, ...],
+        target: Any,
+        additional_forward_args: tuple[Any, ...] | None,
+        n_paths: int,
+        stack: ExitStack,
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Forward, Explain]:
+        """Path-space points of the (P-row) inputs and baselines, the model as a function of
+        path points, and the explained scalar; hooks go on ``stack`` so they are removed."""
+        forward = model_forward(self.forward_func, additional_forward_args, n_paths)
+        return inputs, baselines, forward, target_output(target, n_paths)
+
+    def _format_result(self, is_inputs_tuple: bool, tensors: tuple[Tensor, ...]) -> Any:
+        """Attributions (or path points) in the form of the attributed tensors."""
+        return _format_output(is_inputs_tuple, tensors)
 
 
 def mean_over_references(t: Tensor, n: int, r: int) -> Tensor:

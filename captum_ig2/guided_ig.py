@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, Literal
 
 import torch
-from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.common import _format_tensor_into_tuples, _is_tuple
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
@@ -23,7 +24,7 @@ from captum_ig2._common import (
     expand_for_paths,
     format_references,
 )
-from captum_ig2._path import PathFunction, integrate_path, model_forward, target_output
+from captum_ig2._path import PathFunction, integrate_path
 from captum_ig2._steps import GuidedStep
 
 
@@ -204,20 +205,19 @@ class GuidedIG(PathAttribution):
         internal_batch_size = check_internal_batch_size(internal_batch_size)
         check_target(target, n)
         references, _ = format_references(formatted, baselines, allow_sets=False)
-        start = tuple(ref[:, 0] for ref in references)
+        baseline_inputs = tuple(ref[:, 0] for ref in references)
         explained = tuple(t.detach() for t in formatted)
-
         target, args = expand_for_paths(target, additional_forward_args, 1)
-        function = PathFunction(
-            model_forward(self.forward_func, args, n),
-            target_output(target, n),
-            self.gradient_func,
-            n_paths=n,
-        )
-        with function:
+        with ExitStack() as stack:
+            end, start, forward, explain = self._path_model(
+                explained, baseline_inputs, target, args, n, stack
+            )
+            function = stack.enter_context(
+                PathFunction(forward, explain, self.gradient_func, n_paths=n)
+            )
             result = integrate_path(
                 start,
-                GuidedStep(start, explained, n_steps, fraction, max_dist),
+                GuidedStep(start, end, n_steps, fraction, max_dist),
                 n_steps,
                 function,
                 method=method,
@@ -236,11 +236,13 @@ class GuidedIG(PathAttribution):
         outputs = torch.empty(0)
         if record:
             assert result.points is not None and result.outputs is not None
-            points = _format_output(is_inputs_tuple, tuple(p.unsqueeze(2) for p in result.points))
+            points = self._format_result(
+                is_inputs_tuple, tuple(t.unsqueeze(2) for t in result.points)
+            )
             outputs = result.outputs.unsqueeze(2)
         return AttributionPath(
             points=points,
             outputs=outputs,
-            attributions=_format_output(is_inputs_tuple, attributions),
+            attributions=self._format_result(is_inputs_tuple, attributions),
             delta=delta,
         )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, Literal
 
 import torch
-from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.common import _format_tensor_into_tuples, _is_tuple
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
@@ -30,7 +31,7 @@ from captum_ig2._common import (
     format_clamp,
     format_references,
 )
-from captum_ig2._path import PathFunction, integrate_path, model_forward, target_output
+from captum_ig2._path import PathFunction, integrate_path
 from captum_ig2._steps import CounterfactualGradientStep, default_step_size
 
 
@@ -253,35 +254,41 @@ class IterativeGradientIG(PathAttribution):
         method = check_method(method)
         internal_batch_size = check_internal_batch_size(internal_batch_size)
         check_target(target, n)
-        clamp = format_clamp(clamp, len(formatted))
         references, r = format_references(formatted, baselines, allow_sets=True)
-
-        # Path p = n * R + r explains input n against reference r.
-        start = tuple(t.detach().repeat_interleave(r, dim=0) for t in formatted)
-        references = tuple(ref.reshape(n * r, *ref.shape[2:]) for ref in references)
-        if step_size is None:
-            eta = default_step_size(start, references, n_steps)
-        else:
+        if step_size is not None:
             if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
                 raise TypeError(
                     f"`step_size` must be a positive float or None, got {type(step_size).__name__}."
                 )
             if not (math.isfinite(step_size) and step_size > 0):
                 raise ValueError(f"`step_size` must be a positive finite float, got {step_size}.")
-            eta = torch.full(
-                (n * r,), float(step_size), dtype=start[0].dtype, device=start[0].device
-            )
-        path_target, path_args = expand_for_paths(target, additional_forward_args, r)
 
-        function = PathFunction(
-            model_forward(self.forward_func, path_args, n * r),
-            target_output(path_target, n * r),
-            self.gradient_func,
-            n_paths=n * r,
-            representation_layer=self.representation_layer,
-            representation_input=self.representation_input,
-        )
-        with function:
+        # Path p = n * R + r explains input n against reference r.
+        p = n * r
+        path_inputs = tuple(t.detach().repeat_interleave(r, dim=0) for t in formatted)
+        references = tuple(ref.reshape(p, *ref.shape[2:]) for ref in references)
+        path_target, path_args = expand_for_paths(target, additional_forward_args, r)
+        with ExitStack() as stack:
+            start, references, forward, explain = self._path_model(
+                path_inputs, references, path_target, path_args, p, stack
+            )
+            clamp = format_clamp(clamp, len(start))
+            if step_size is None:
+                eta = default_step_size(start, references, n_steps)
+            else:
+                eta = torch.full(
+                    (p,), float(step_size), dtype=start[0].dtype, device=start[0].device
+                )
+            function = stack.enter_context(
+                PathFunction(
+                    forward,
+                    explain,
+                    self.gradient_func,
+                    n_paths=p,
+                    representation_layer=self.representation_layer,
+                    representation_input=self.representation_input,
+                )
+            )
             function.set_references(references, internal_batch_size)
             result = integrate_path(
                 start,
@@ -307,14 +314,14 @@ class IterativeGradientIG(PathAttribution):
         outputs = torch.empty(0)
         if record:
             assert result.points is not None and result.outputs is not None
-            points = _format_output(
+            points = self._format_result(
                 is_inputs_tuple,
-                tuple(p.reshape(p.shape[0], n, r, *p.shape[2:]) for p in result.points),
+                tuple(t.reshape(t.shape[0], n, r, *t.shape[2:]) for t in result.points),
             )
             outputs = result.outputs.reshape(-1, n, r)
         return AttributionPath(
             points=points,
             outputs=outputs,
-            attributions=_format_output(is_inputs_tuple, attributions),
+            attributions=self._format_result(is_inputs_tuple, attributions),
             delta=delta,
         )
