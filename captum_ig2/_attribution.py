@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Generic
@@ -76,21 +77,51 @@ class PathAttribution(GradientAttribution):
     # inputs and its target output; the layer and neuron variants override these two methods.
     def _path_model(
         self,
+        is_inputs_tuple: bool,
         inputs: tuple[Tensor, ...],
         baselines: tuple[Tensor, ...],
         target: Any,
         additional_forward_args: tuple[Any, ...] | None,
         n_paths: int,
         stack: ExitStack,
-    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Forward, Explain]:
-        """Path-space points of the (P-row) inputs and baselines, the model as a function of
-        path points, and the explained scalar; hooks go on ``stack`` so they are removed."""
-        forward = model_forward(self.forward_func, additional_forward_args, n_paths)
-        return inputs, baselines, forward, target_output(target, n_paths)
+        **options: Any,
+    ) -> PathModel:
+        """The path space and the explained output for P paths.
 
-    def _format_result(self, is_inputs_tuple: bool, tensors: tuple[Tensor, ...]) -> Any:
-        """Attributions (or path points) in the form of the attributed tensors."""
-        return _format_output(is_inputs_tuple, tensors)
+        Args:
+            is_inputs_tuple: whether the caller passed a tuple of inputs.
+            inputs, baselines: the P-row inputs and baselines (references), in input space.
+            target, additional_forward_args: already expanded to P rows.
+            n_paths: P.
+            stack: hooks are registered on it, so that they are removed whatever happens.
+            options: the variant's own ``attribute`` options (e.g. attribute_to_layer_input).
+        """
+        return PathModel(
+            inputs,
+            baselines,
+            model_forward(self.forward_func, additional_forward_args, n_paths),
+            target_output(target, n_paths),
+            lambda tensors: _format_output(is_inputs_tuple, tensors),
+        )
+
+
+@dataclass
+class PathModel:
+    """Where the paths of one call run and what they explain.
+
+    Attributes:
+        inputs, baselines: the P-row path-space points of the explained inputs and of the
+            baselines (IG2: references).
+        forward: the model as a function of path points (see ``PathFunction``).
+        explain: the explained scalar per path (see ``PathFunction``).
+        format: brings path-space tensors (attributions, path points) to the user's form.
+    """
+
+    inputs: tuple[Tensor, ...]
+    baselines: tuple[Tensor, ...]
+    forward: Forward
+    explain: Explain
+    format: Callable[[tuple[Tensor, ...]], Any]
 
 
 def mean_over_references(t: Tensor, n: int, r: int) -> Tensor:

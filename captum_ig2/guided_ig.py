@@ -194,6 +194,7 @@ class GuidedIG(PathAttribution):
         show_progress: bool,
         record: bool,
         need_delta: bool,
+        **options: Any,
     ) -> AttributionPath:
         is_inputs_tuple = _is_tuple(inputs)
         formatted = _format_tensor_into_tuples(inputs)
@@ -209,11 +210,12 @@ class GuidedIG(PathAttribution):
         explained = tuple(t.detach() for t in formatted)
         target, args = expand_for_paths(target, additional_forward_args, 1)
         with ExitStack() as stack:
-            end, start, forward, explain = self._path_model(
-                explained, baseline_inputs, target, args, n, stack
+            model = self._path_model(
+                is_inputs_tuple, explained, baseline_inputs, target, args, n, stack, **options
             )
+            start, end = model.baselines, model.inputs
             function = stack.enter_context(
-                PathFunction(forward, explain, self.gradient_func, n_paths=n)
+                PathFunction(model.forward, model.explain, self.gradient_func, n_paths=n)
             )
             result = integrate_path(
                 start,
@@ -236,13 +238,11 @@ class GuidedIG(PathAttribution):
         outputs = torch.empty(0)
         if record:
             assert result.points is not None and result.outputs is not None
-            points = self._format_result(
-                is_inputs_tuple, tuple(t.unsqueeze(2) for t in result.points)
-            )
+            points = model.format(tuple(t.unsqueeze(2) for t in result.points))
             outputs = result.outputs.unsqueeze(2)
         return AttributionPath(
             points=points,
             outputs=outputs,
-            attributions=self._format_result(is_inputs_tuple, attributions),
+            attributions=model.format(attributions),
             delta=delta,
         )

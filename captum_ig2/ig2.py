@@ -246,6 +246,7 @@ class IterativeGradientIG(PathAttribution):
         show_progress: bool,
         record: bool,
         need_delta: bool,
+        **options: Any,
     ) -> AttributionPath:
         is_inputs_tuple = _is_tuple(inputs)
         formatted = _format_tensor_into_tuples(inputs)
@@ -269,9 +270,11 @@ class IterativeGradientIG(PathAttribution):
         references = tuple(ref.reshape(p, *ref.shape[2:]) for ref in references)
         path_target, path_args = expand_for_paths(target, additional_forward_args, r)
         with ExitStack() as stack:
-            start, references, forward, explain = self._path_model(
-                path_inputs, references, path_target, path_args, p, stack
-            )
+            model = self._path_model(
+                is_inputs_tuple, path_inputs, references, path_target, path_args, p, stack,
+                **options,
+            )  # fmt: skip
+            start, references = model.inputs, model.baselines
             clamp = format_clamp(clamp, len(start))
             if step_size is None:
                 eta = default_step_size(start, references, n_steps)
@@ -281,8 +284,8 @@ class IterativeGradientIG(PathAttribution):
                 )
             function = stack.enter_context(
                 PathFunction(
-                    forward,
-                    explain,
+                    model.forward,
+                    model.explain,
                     self.gradient_func,
                     n_paths=p,
                     representation_layer=self.representation_layer,
@@ -314,14 +317,13 @@ class IterativeGradientIG(PathAttribution):
         outputs = torch.empty(0)
         if record:
             assert result.points is not None and result.outputs is not None
-            points = self._format_result(
-                is_inputs_tuple,
-                tuple(t.reshape(t.shape[0], n, r, *t.shape[2:]) for t in result.points),
+            points = model.format(
+                tuple(t.reshape(t.shape[0], n, r, *t.shape[2:]) for t in result.points)
             )
             outputs = result.outputs.reshape(-1, n, r)
         return AttributionPath(
             points=points,
             outputs=outputs,
-            attributions=self._format_result(is_inputs_tuple, attributions),
+            attributions=model.format(attributions),
             delta=delta,
         )
