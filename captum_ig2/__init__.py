@@ -1,12 +1,26 @@
 """captum-ig2: IG2 and Guided Integrated Gradients as Captum attribution methods.
 
-Both classes are drop-in replacements for :class:`captum.attr.IntegratedGradients`: same
+The classes are drop-in replacements for Captum's Integrated Gradients family: same
 ``attribute`` arguments, same return forms, and they work inside ``NoiseTunnel``.
+
+- input attribution: :class:`IterativeGradientIG`, :class:`GuidedIG`
+- layer attribution: :class:`LayerIterativeGradientIG`, :class:`LayerGuidedIG`
+- neuron attribution: :class:`NeuronIterativeGradientIG`, :class:`NeuronGuidedIG`
 """
 
 from captum_ig2._attribution import AttributionPath
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
+from captum_ig2.layer import LayerGuidedIG, LayerIterativeGradientIG
+from captum_ig2.neuron import NeuronGuidedIG, NeuronIterativeGradientIG
 
-__all__ = ["AttributionPath", "GuidedIG", "IterativeGradientIG"]
+__all__ = [
+    "AttributionPath",
+    "GuidedIG",
+    "IterativeGradientIG",
+    "LayerGuidedIG",
+    "LayerIterativeGradientIG",
+    "NeuronGuidedIG",
+    "NeuronIterativeGradientIG",
+]
 __version__ = "0.1.0"

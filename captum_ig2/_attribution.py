@@ -57,6 +57,8 @@ class PathAttribution(GradientAttribution):
     """Base of the path methods: Captum's gradient attribution with a convergence delta."""
 
     _name = "Path"
+    #: Input attribution differentiates the inputs; layer variants admit token ids.
+    _floating_inputs = True
 
     @property
     def multiplies_by_inputs(self) -> bool:

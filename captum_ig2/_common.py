@@ -22,21 +22,23 @@ from torch import Tensor
 RIEMANN_METHODS = ("riemann_left", "riemann_trapezoid")
 
 
-def check_inputs(inputs: tuple[Tensor, ...]) -> int:
-    """Checks the formatted inputs and returns the number of examples."""
+def check_inputs(inputs: tuple[Tensor, ...], floating: bool = True) -> int:
+    """Checks the formatted inputs and returns the number of examples.
+
+    ``floating=False`` admits integer inputs (token ids) for paths that run in a layer."""
     if len(inputs) == 0:
         raise ValueError("`inputs` must hold at least one tensor, got an empty tuple.")
     for i, inp in enumerate(inputs):
         if not isinstance(inp, Tensor):
             raise TypeError(f"`inputs[{i}]` must be a torch.Tensor, got {type(inp).__name__}.")
-        if not inp.is_floating_point():
+        if floating and not inp.is_floating_point():
             raise TypeError(
                 f"`inputs[{i}]` must be a floating point tensor to take gradients, got dtype "
                 f"{inp.dtype}. For token ids, attribute to an embedding layer instead."
             )
         if inp.dim() == 0:
             raise ValueError(f"`inputs[{i}]` must have a batch dimension, got a 0-d tensor.")
-        if not bool(torch.isfinite(inp).all()):
+        if inp.is_floating_point() and not bool(torch.isfinite(inp).all()):
             raise ValueError(f"`inputs[{i}]` holds NaN or infinite values.")
     n = inputs[0].shape[0]
     for i, inp in enumerate(inputs[1:], start=1):
@@ -107,13 +109,14 @@ def _baseline_for(inp: Tensor, baseline: Any, i: int) -> tuple[Tensor, bool]:
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         if not math.isfinite(baseline):
             raise ValueError(f"`baselines[{i}]` must be finite, got {baseline}.")
-        full = torch.full((1, 1, *feature_shape), float(baseline), dtype=inp.dtype)
+        value = float(baseline) if inp.is_floating_point() else int(baseline)
+        full = torch.full((1, 1, *feature_shape), value, dtype=inp.dtype)
         return full.to(inp.device), False
     if not isinstance(baseline, Tensor):
         raise TypeError(
             f"`baselines[{i}]` must be a tensor, a number or None, got {type(baseline).__name__}."
         )
-    if not bool(torch.isfinite(baseline).all()):
+    if baseline.is_floating_point() and not bool(torch.isfinite(baseline).all()):
         raise ValueError(f"`baselines[{i}]` holds NaN or infinite values.")
     baseline = baseline.detach().to(device=inp.device, dtype=inp.dtype)
     n = inp.shape[0]

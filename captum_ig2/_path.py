@@ -115,9 +115,7 @@ def target_output(target: Any, n_paths: int) -> Explain:
     """Selects each path's ``target`` from the model output, as Captum's ``_select_targets``."""
 
     def explain(output: Any, rows: slice) -> Tensor:
-        return _check_scalar_per_example(
-            _select_targets(output, slice_target(target, rows, n_paths))
-        )
+        return scalar_per_example(_select_targets(output, slice_target(target, rows, n_paths)))
 
     return explain
 
@@ -265,7 +263,7 @@ class PathFunction:
         return value.detach(), out_g, dist_g
 
 
-def _check_scalar_per_example(selected: Tensor) -> Tensor:
+def scalar_per_example(selected: Tensor) -> Tensor:
     if selected.dim() == 0:
         selected = selected.reshape(1)
     if selected.dim() > 1 and selected[0].numel() != 1:

@@ -198,7 +198,7 @@ class GuidedIG(PathAttribution):
     ) -> AttributionPath:
         is_inputs_tuple = _is_tuple(inputs)
         formatted = _format_tensor_into_tuples(inputs)
-        n = check_inputs(formatted)
+        n = check_inputs(formatted, floating=self._floating_inputs)
         n_steps = check_n_steps(n_steps)
         fraction = check_unit_interval("fraction", fraction, open_low=True)
         max_dist = check_unit_interval("max_dist", max_dist, open_low=False)

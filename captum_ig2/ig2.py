@@ -250,7 +250,7 @@ class IterativeGradientIG(PathAttribution):
     ) -> AttributionPath:
         is_inputs_tuple = _is_tuple(inputs)
         formatted = _format_tensor_into_tuples(inputs)
-        n = check_inputs(formatted)
+        n = check_inputs(formatted, floating=self._floating_inputs)
         n_steps = check_n_steps(n_steps)
         method = check_method(method)
         internal_batch_size = check_internal_batch_size(internal_batch_size)

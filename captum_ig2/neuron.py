@@ -1,0 +1,332 @@
+"""Neuron attribution: IG2 and Guided IG of one neuron (or a selection) of a layer.
+
+As Captum's ``NeuronIntegratedGradients``: the paths run in input space and the explained output
+is a neuron of ``layer``, chosen by ``neuron_selector`` in every form Captum accepts (an index
+tuple, a tuple with slices, which sums the selected neurons, or a callable of the layer's
+output). IG2's GradPath is still driven by the representation distance.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any, Literal
+
+from captum._utils.common import _format_output, _verify_select_neuron
+from captum._utils.typing import BaselineType, TensorOrTupleOfTensorsGeneric
+from captum.attr import NeuronAttribution
+from captum.log import log_usage
+from torch import Tensor
+from torch.nn import Module
+
+from captum_ig2._attribution import PathModel
+from captum_ig2._path import Explain, model_forward, scalar_per_example
+from captum_ig2.guided_ig import GuidedIG
+from captum_ig2.ig2 import IterativeGradientIG
+
+NeuronSelector = int | tuple[int | slice, ...] | Callable[..., Tensor]
+
+
+class _LayerValue:
+    """Forward hook that keeps a layer's latest output (or input) as a tuple of tensors."""
+
+    def __init__(self, layer: Module, use_input: bool) -> None:
+        self.value: tuple[Tensor, ...] | None = None
+        self.use_input = use_input
+        self.handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module: Module, inp: Any, out: Any) -> None:
+        value = inp if self.use_input else out
+        self.value = value if isinstance(value, tuple) else (value,)
+
+    def take(self) -> tuple[Tensor, ...] | None:
+        value, self.value = self.value, None
+        return value
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def neuron_output(layer: Module, neuron_selector: NeuronSelector, use_input: bool,
+                  stack: ExitStack) -> Explain:  # fmt: skip
+    """The selected neuron of ``layer`` as the explained scalar of every path, read from a hook
+    that lives on ``stack``; selection through Captum's ``_verify_select_neuron``."""
+    capture = _LayerValue(layer, use_input)
+    stack.callback(capture.remove)
+
+    def explain(output: Any, rows: slice) -> Tensor:
+        value = capture.take()
+        if value is None:
+            raise ValueError(
+                f"`layer` {layer} was not called during the forward pass of the model, so it "
+                "has no neuron to explain."
+            )
+        try:
+            selected = _verify_select_neuron(value, neuron_selector)
+        except (IndexError, AssertionError) as error:
+            shapes = [tuple(v.shape[1:]) for v in value]
+            raise ValueError(
+                f"`neuron_selector` {neuron_selector!r} does not select a neuron of `layer`, "
+                f"whose values have per-example shape(s) {shapes}: {error}"
+            ) from error
+        if selected.dim() > 1 and selected[0].numel() == 1:
+            selected = selected.reshape(selected.shape[0])
+        if selected.dim() != 1:
+            raise ValueError(
+                f"`neuron_selector` must select one value per example, got shape "
+                f"{tuple(selected.shape)}."
+            )
+        return scalar_per_example(selected)
+
+    return explain
+
+
+class _NeuronPaths:
+    """The explained output of a method is a neuron of ``self.layer``."""
+
+    forward_func: Callable[..., Any]
+    layer: Module
+    device_ids: list[int] | None
+
+    def _init_layer(self, layer: Module, device_ids: list[int] | None) -> None:
+        if not isinstance(layer, Module):
+            raise TypeError(f"`layer` must be a torch.nn.Module, got {type(layer).__name__}.")
+        if device_ids is not None:
+            raise NotImplementedError(
+                "`device_ids` (DataParallel) is not supported by the path methods; run the "
+                "model on one device."
+            )
+        self.layer = layer
+        self.device_ids = device_ids
+
+    def _path_model(
+        self,
+        is_inputs_tuple: bool,
+        inputs: tuple[Tensor, ...],
+        baselines: tuple[Tensor, ...],
+        target: Any,
+        additional_forward_args: tuple[Any, ...] | None,
+        n_paths: int,
+        stack: ExitStack,
+        neuron_selector: NeuronSelector = 0,
+        attribute_to_neuron_input: bool = False,
+    ) -> PathModel:
+        return PathModel(
+            inputs,
+            baselines,
+            model_forward(self.forward_func, additional_forward_args, n_paths),
+            neuron_output(self.layer, neuron_selector, attribute_to_neuron_input, stack),
+            lambda tensors: _format_output(is_inputs_tuple, tensors),
+        )
+
+
+class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribution):
+    r"""
+    IG2 of a neuron: the GradPath of :class:`~captum_ig2.IterativeGradientIG`, with the
+    selected neuron of `layer` as the explained output. Mirrors
+    :class:`captum.attr.NeuronIntegratedGradients`.
+
+    Examples::
+
+        >>> nig2 = NeuronIterativeGradientIG(net, net.conv1)
+        >>> # The neuron at channel 3, row 5, column 5 of conv1's output.
+        >>> attributions = nig2.attribute(images, (3, 5, 5), baselines=references)
+    """
+
+    _name = "Neuron IG2"
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        representation_layer: Module | None = None,
+        representation_input: bool = False,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        r"""
+        Args:
+            forward_func (Callable): The forward function of the model or any modification of
+                        it.
+            layer (torch.nn.Module): The layer that holds the explained neuron.
+            representation_layer, representation_input: as in
+                        :class:`~captum_ig2.IterativeGradientIG`.
+            device_ids (list[int], optional): Not supported (DataParallel); must be None.
+        """
+        IterativeGradientIG.__init__(self, forward_func, representation_layer, representation_input)
+        self._init_layer(layer, device_ids)
+
+    @typing.overload
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        neuron_selector: NeuronSelector,
+        baselines: BaselineType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "riemann_trapezoid",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        *,
+        return_convergence_delta: Literal[True],
+        step_size: float | None = None,
+        clamp: Any = None,
+        show_progress: bool = False,
+    ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
+
+    @typing.overload
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        neuron_selector: NeuronSelector,
+        baselines: BaselineType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "riemann_trapezoid",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        return_convergence_delta: Literal[False] = False,
+        step_size: float | None = None,
+        clamp: Any = None,
+        show_progress: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric: ...
+
+    @log_usage()
+    def attribute(  # type: ignore[override, misc]
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        neuron_selector: NeuronSelector,
+        baselines: BaselineType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "riemann_trapezoid",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        return_convergence_delta: bool = False,
+        step_size: float | None = None,
+        clamp: Any = None,
+        show_progress: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
+        r"""
+        Attributes the selected neuron to the inputs along the GradPath.
+
+        Takes the arguments of :meth:`captum_ig2.IterativeGradientIG.attribute`, without
+        `target`.
+
+        Args:
+            neuron_selector (int, tuple, or Callable): The neuron of `layer`, as in
+                        :meth:`captum.attr.NeuronIntegratedGradients.attribute`: an index
+                        tuple into the layer's per-example output, a tuple with slices (the
+                        selected neurons are summed), or a callable that takes the layer's
+                        output and returns one value per example.
+            attribute_to_neuron_input (bool, optional): Select the neuron from the layer's
+                        input instead of its output. Default: False
+        """
+        result = self._compute(
+            inputs, baselines, None, additional_forward_args, n_steps, method,
+            internal_batch_size, step_size, clamp, show_progress,
+            record=False, need_delta=return_convergence_delta,
+            neuron_selector=neuron_selector, attribute_to_neuron_input=attribute_to_neuron_input,
+        )  # fmt: skip
+        if return_convergence_delta:
+            return result.attributions, result.delta
+        return result.attributions
+
+
+class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
+    r"""
+    Guided IG of a neuron: the guided path of :class:`~captum_ig2.GuidedIG`, chosen by the
+    gradients of the selected neuron of `layer`, which is also the explained output. Mirrors
+    :class:`captum.attr.NeuronIntegratedGradients`.
+
+    Examples::
+
+        >>> ngig = NeuronGuidedIG(net, net.conv1)
+        >>> attributions = ngig.attribute(images, (3, 5, 5))
+    """
+
+    _name = "Neuron Guided IG"
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        r"""
+        Args:
+            forward_func (Callable): The forward function of the model or any modification of
+                        it.
+            layer (torch.nn.Module): The layer that holds the explained neuron.
+            device_ids (list[int], optional): Not supported (DataParallel); must be None.
+        """
+        GuidedIG.__init__(self, forward_func)
+        self._init_layer(layer, device_ids)
+
+    @typing.overload
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        neuron_selector: NeuronSelector,
+        baselines: BaselineType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 200,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
+        method: str = "riemann_trapezoid",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        *,
+        return_convergence_delta: Literal[True],
+        show_progress: bool = False,
+    ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
+
+    @typing.overload
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        neuron_selector: NeuronSelector,
+        baselines: BaselineType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 200,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
+        method: str = "riemann_trapezoid",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        return_convergence_delta: Literal[False] = False,
+        show_progress: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric: ...
+
+    @log_usage()
+    def attribute(  # type: ignore[override, misc]
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        neuron_selector: NeuronSelector,
+        baselines: BaselineType = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 200,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
+        method: str = "riemann_trapezoid",
+        internal_batch_size: int | None = None,
+        attribute_to_neuron_input: bool = False,
+        return_convergence_delta: bool = False,
+        show_progress: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
+        r"""
+        Attributes the selected neuron to the inputs along the guided path.
+
+        Takes the arguments of :meth:`captum_ig2.GuidedIG.attribute`, without `target`, and
+        `neuron_selector` and `attribute_to_neuron_input` as
+        :meth:`NeuronIterativeGradientIG.attribute`.
+        """
+        result = self._compute(
+            inputs, baselines, None, additional_forward_args, n_steps, fraction, max_dist,
+            method, internal_batch_size, show_progress,
+            record=False, need_delta=return_convergence_delta,
+            neuron_selector=neuron_selector, attribute_to_neuron_input=attribute_to_neuron_input,
+        )  # fmt: skip
+        if return_convergence_delta:
+            return result.attributions, result.delta
+        return result.attributions
