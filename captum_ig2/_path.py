@@ -250,13 +250,7 @@ class PathFunction:
             dist_g = None
             if distance_grad:
                 distance = self._distance(output, rows)
-                if not distance.requires_grad:
-                    raise ValueError(
-                        "The representation does not depend on the path points, so the GradPath "
-                        "cannot move. For layer attribution, `representation_layer` must lie "
-                        "downstream of `layer`."
-                    )
-                dist_g = _grad(distance, x, retain_graph=output_grad)
+                dist_g = _grad(distance, x, retain_graph=output_grad, required=True)
             elif self._capture is not None:
                 self._capture.take()
             out_g = _grad(value, x, retain_graph=False) if output_grad else None
@@ -275,11 +269,22 @@ def scalar_per_example(selected: Tensor) -> Tensor:
     return selected.reshape(selected.shape[0])
 
 
-def _grad(y: Tensor, x: tuple[Tensor, ...], retain_graph: bool) -> tuple[Tensor, ...]:
-    """d sum(y) / d x, with zeros where ``y`` does not depend on an input."""
-    if not y.requires_grad:
-        return tuple(torch.zeros_like(t) for t in x)
-    grads = torch.autograd.grad(y.sum(), x, retain_graph=retain_graph, allow_unused=True)
+def _grad(
+    y: Tensor, x: tuple[Tensor, ...], retain_graph: bool, required: bool = False
+) -> tuple[Tensor, ...]:
+    """d sum(y) / d x, with zeros where ``y`` does not depend on an input.
+
+    ``required``: ``y`` is the representation distance, which must depend on the path points.
+    """
+    grads: tuple[Tensor | None, ...] = (None,) * len(x)
+    if y.requires_grad:
+        grads = torch.autograd.grad(y.sum(), x, retain_graph=retain_graph, allow_unused=True)
+    if required and all(g is None for g in grads):
+        raise ValueError(
+            "The representation does not depend on the path points, so the GradPath cannot "
+            "move. For layer attribution, `representation_layer` must lie downstream of "
+            "`layer`."
+        )
     return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, x))
 
 

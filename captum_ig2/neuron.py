@@ -62,6 +62,7 @@ def neuron_output(layer: Module, neuron_selector: NeuronSelector, use_input: boo
                 f"`layer` {layer} was not called during the forward pass of the model, so it "
                 "has no neuron to explain."
             )
+        _check_selection(value, neuron_selector)
         try:
             selected = _verify_select_neuron(value, neuron_selector)
         except (IndexError, AssertionError) as error:
@@ -80,6 +81,19 @@ def neuron_output(layer: Module, neuron_selector: NeuronSelector, use_input: boo
         return scalar_per_example(selected)
 
     return explain
+
+
+def _check_selection(value: tuple[Tensor, ...], neuron_selector: NeuronSelector) -> None:
+    """Rejects index tuples whose slices select no neuron (Python slicing would not)."""
+    if not isinstance(neuron_selector, tuple):
+        return
+    shape = value[0].shape[1:]
+    for dim, index in enumerate(neuron_selector[: len(shape)]):
+        if isinstance(index, slice) and len(range(*index.indices(shape[dim]))) == 0:
+            raise ValueError(
+                f"`neuron_selector` {neuron_selector!r} selects no neuron: {index} is empty "
+                f"for dimension {dim + 1} of size {shape[dim]} of the layer's values."
+            )
 
 
 class _NeuronPaths:
