@@ -124,6 +124,9 @@ def test_a_list_of_layers_gives_a_list_of_attributions() -> None:
         )
         assert isinstance(attributions, list) and len(attributions) == 2
         assert attributions[0].shape == (3, 6) and attributions[1].shape == (3, 10)
+        # As in Captum, both layers are replaced: net[2]'s path alone reaches the output.
+        assert torch.count_nonzero(attributions[0]) == 0
+        assert delta.abs().max() < 1e-3
 
 
 def test_a_layer_with_tuple_output_gives_tuple_attributions() -> None:
