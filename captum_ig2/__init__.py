@@ -6,9 +6,11 @@ The classes are drop-in replacements for Captum's Integrated Gradients family: s
 - input attribution: :class:`IterativeGradientIG`, :class:`GuidedIG`
 - layer attribution: :class:`LayerIterativeGradientIG`, :class:`LayerGuidedIG`
 - neuron attribution: :class:`NeuronIterativeGradientIG`, :class:`NeuronGuidedIG`
+- internal neuron attribution along a path: :class:`LayerPathConductance`
 """
 
 from captum_ig2._attribution import AttributionPath
+from captum_ig2.conductance import LayerPathConductance
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 from captum_ig2.layer import LayerGuidedIG, LayerIterativeGradientIG
@@ -20,6 +22,7 @@ __all__ = [
     "IterativeGradientIG",
     "LayerGuidedIG",
     "LayerIterativeGradientIG",
+    "LayerPathConductance",
     "NeuronGuidedIG",
     "NeuronIterativeGradientIG",
 ]

@@ -97,6 +97,9 @@ def _as_flat(value: Any) -> Tensor:
 
 Forward = Callable[[tuple[Tensor, ...], slice], Any]
 Explain = Callable[[Any, slice], Tensor]
+Observer = Callable[
+    [int, tuple[Tensor, ...], tuple[Tensor, ...], "PathFunction", "int | None"], None
+]
 
 
 def model_forward(
@@ -191,7 +194,7 @@ class PathFunction:
         """Computes the representation of every path's reference (one forward, no gradient)."""
         parts = []
         with torch.no_grad():
-            for rows in _chunks(self.n_paths, internal_batch_size):
+            for rows in chunks(self.n_paths, internal_batch_size):
                 output = self.forward(tuple(r[rows] for r in references), rows)
                 parts.append(self._representation(output).detach())
         self.reference_representation = torch.cat(parts, dim=0)
@@ -202,6 +205,13 @@ class PathFunction:
         assert self.reference_representation is not None
         ref = self.reference_representation[rows]
         return (rep - ref).pow(2).mean(dim=1)
+
+    def output(self, x: tuple[Tensor, ...], rows: slice) -> Tensor:
+        """The explained scalar of paths ``rows`` at points ``x``, differentiable."""
+        value = self.explain(self.forward(x, rows), rows)
+        if self._capture is not None:
+            self._capture.take()
+        return value
 
     def _value(self, x: tuple[Tensor, ...], rows: slice) -> Tensor:
         with torch.no_grad():
@@ -288,7 +298,7 @@ def _grad(
     return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, x))
 
 
-def _chunks(n_rows: int, internal_batch_size: int | None) -> list[slice]:
+def chunks(n_rows: int, internal_batch_size: int | None) -> list[slice]:
     size = n_rows if internal_batch_size is None else internal_batch_size
     return [slice(a, min(a + size, n_rows)) for a in range(0, n_rows, max(size, 1))]
 
@@ -301,12 +311,12 @@ def _evaluate_chunked(
     output_grad: bool,
     distance_grad: bool,
 ) -> tuple[Tensor | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-    chunks = _chunks(x[0].shape[0], internal_batch_size)
-    if len(chunks) == 1:
-        return function.evaluate(x, chunks[0], need_value, output_grad, distance_grad)
+    parts = chunks(x[0].shape[0], internal_batch_size)
+    if len(parts) == 1:
+        return function.evaluate(x, parts[0], need_value, output_grad, distance_grad)
     results = [
         function.evaluate(tuple(t[rows] for t in x), rows, need_value, output_grad, distance_grad)
-        for rows in chunks
+        for rows in parts
     ]
     values = torch.cat([r[0] for r in results]) if results[0][0] is not None else None
 
@@ -329,6 +339,7 @@ def integrate_path(
     record: bool = False,
     show_progress: bool = False,
     desc: str = "path",
+    observer: Observer | None = None,
 ) -> PathIntegral:
     """Walks every path ``n_steps`` steps from ``start`` and integrates the output's gradient.
 
@@ -343,6 +354,8 @@ def integrate_path(
         record: keep every point and f along the path (memory grows with T).
         show_progress: show a progress bar over the path points.
         desc: the progress bar's label.
+        observer: called after every step as ``observer(k, x_k, x_k+1, function,
+            internal_batch_size)``, to compute more along the same path (e.g. conductance).
     """
     trapezoid = method == "riemann_trapezoid"
     x = tuple(t.detach() for t in start)
@@ -385,6 +398,8 @@ def integrate_path(
             if last:
                 break
             x_next = step(k, x, grad, dist_grad)
+            if observer is not None:
+                observer(k, x, x_next, function, internal_batch_size)
             if not trapezoid:
                 # Segment k with the gradient at its start, as the papers' sums.
                 for acc, now, after, g in zip(total, x, x_next, grad):

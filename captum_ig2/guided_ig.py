@@ -24,7 +24,7 @@ from captum_ig2._common import (
     expand_for_paths,
     format_references,
 )
-from captum_ig2._path import PathFunction, integrate_path
+from captum_ig2._path import Observer, PathFunction, integrate_path
 from captum_ig2._steps import GuidedStep
 
 
@@ -194,6 +194,7 @@ class GuidedIG(PathAttribution):
         show_progress: bool,
         record: bool,
         need_delta: bool,
+        observer: Observer | None = None,
         **options: Any,
     ) -> AttributionPath:
         is_inputs_tuple = _is_tuple(inputs)
@@ -228,6 +229,7 @@ class GuidedIG(PathAttribution):
                 record=record,
                 show_progress=show_progress,
                 desc="Guided IG",
+                observer=observer,
             )
         attributions = result.integral
         delta = torch.zeros(n, dtype=start[0].dtype, device=start[0].device)

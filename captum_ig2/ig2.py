@@ -31,7 +31,7 @@ from captum_ig2._common import (
     format_clamp,
     format_references,
 )
-from captum_ig2._path import PathFunction, integrate_path
+from captum_ig2._path import Observer, PathFunction, integrate_path
 from captum_ig2._steps import CounterfactualGradientStep, default_step_size
 
 
@@ -246,6 +246,7 @@ class IterativeGradientIG(PathAttribution):
         show_progress: bool,
         record: bool,
         need_delta: bool,
+        observer: Observer | None = None,
         **options: Any,
     ) -> AttributionPath:
         is_inputs_tuple = _is_tuple(inputs)
@@ -304,6 +305,7 @@ class IterativeGradientIG(PathAttribution):
                 record=record,
                 show_progress=show_progress,
                 desc="IG2",
+                observer=observer,
             )
         # The engine integrates along the path, input -> GradCF; IG2 attributes f(input) -
         # f(GradCF), the reverse direction.
