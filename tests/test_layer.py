@@ -200,3 +200,22 @@ def test_noise_tunnel_accepts_layer_variants(cls, nt_type: str) -> None:  # type
 def test_names() -> None:
     assert LayerIterativeGradientIG.get_name() == "Layer IG2"
     assert LayerGuidedIG.get_name() == "Layer Guided IG"
+
+
+@pytest.mark.parametrize("cls", [LayerIterativeGradientIG, LayerGuidedIG], ids=lambda c: c.__name__)
+def test_a_swapped_gradient_func_sees_layer_points_and_agrees(cls) -> None:  # type: ignore[no-untyped-def]
+    from captum._utils.gradient import compute_gradients
+
+    model = TextModel()
+    ids = torch.randint(1, 30, (2, 5))
+    shapes = []
+
+    def recording(forward_fn, inputs, target_ind=None, additional_forward_args=None):  # type: ignore[no-untyped-def]
+        shapes.append(tuple(inputs[0].shape))
+        return compute_gradients(forward_fn, inputs, target_ind, additional_forward_args)
+
+    method = cls(model, model.embedding)
+    expected = method.attribute(ids, target=1, n_steps=6)
+    method.gradient_func = recording
+    torch.testing.assert_close(method.attribute(ids, target=1, n_steps=6), expected)
+    assert shapes and all(shape == (2, 5, 5) for shape in shapes)  # embeddings, not ids

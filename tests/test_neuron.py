@@ -154,3 +154,26 @@ def test_noise_tunnel_and_metrics_accept_neuron_variants(cls, nt_type: str) -> N
 def test_names() -> None:
     assert NeuronIterativeGradientIG.get_name() == "Neuron IG2"
     assert NeuronGuidedIG.get_name() == "Neuron Guided IG"
+
+
+@pytest.mark.parametrize(
+    "cls", [NeuronIterativeGradientIG, NeuronGuidedIG], ids=lambda c: c.__name__
+)
+def test_a_swapped_gradient_func_agrees(cls) -> None:  # type: ignore[no-untyped-def]
+    from captum._utils.gradient import compute_gradients
+
+    net = deep_mlp()
+    x = torch.rand(3, 6, dtype=torch.float64)
+    calls = []
+
+    def counting(forward_fn, inputs, target_ind=None, additional_forward_args=None):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return compute_gradients(forward_fn, inputs, target_ind, additional_forward_args)
+
+    method = cls(net, net[2])
+    expected = method.attribute(x, (3,), n_steps=6)
+    method.gradient_func = counting
+    torch.testing.assert_close(method.attribute(x, (3,), n_steps=6), expected)
+    assert calls
+    for module in net.modules():
+        assert not module._forward_hooks
