@@ -109,3 +109,20 @@ def test_bad_arguments_are_rejected(cnn: SmallCNN) -> None:
     with pytest.raises(ValueError, match="layer"):
         LayerPathConductance(GuidedIG(cnn), stray).attribute(x, target=0, n_steps=2)
     assert not stray._forward_hooks
+
+
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_noise_tunnel_wraps_conductance(nt_type: str, cnn: SmallCNN) -> None:
+    from captum.attr import NoiseTunnel
+
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    conductance = LayerPathConductance(GuidedIG(cnn), cnn.features[1])
+    plain = conductance.attribute(x, target=0, n_steps=4)
+    no_noise = NoiseTunnel(conductance).attribute(
+        x, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, target=0, n_steps=4
+    )
+    torch.testing.assert_close(no_noise, plain)
+    noisy = NoiseTunnel(conductance).attribute(
+        x, nt_type=nt_type, nt_samples=2, stdevs=0.1, target=0, n_steps=4
+    )
+    assert noisy.shape == plain.shape
