@@ -29,12 +29,15 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
         outputs: the explained output f at every point, shape (n_steps + 1, N, R).
         attributions: the attributions, as ``attribute`` returns them.
         delta: the convergence delta per example, shape (N,), as ``attribute`` returns it.
+        input_index: where the explained input lies on the path: 0 (IG2, the path starts
+            there) or -1 (Guided IG, the path ends there).
     """
 
     points: TensorOrTupleOfTensorsGeneric
     outputs: Tensor
     attributions: TensorOrTupleOfTensorsGeneric
     delta: Tensor
+    input_index: int = 0
 
     @property
     def start(self) -> TensorOrTupleOfTensorsGeneric:

@@ -247,4 +247,5 @@ class GuidedIG(PathAttribution):
             outputs=outputs,
             attributions=model.format(attributions),
             delta=delta,
+            input_index=-1,
         )
