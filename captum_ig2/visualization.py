@@ -152,7 +152,7 @@ def visualize_path_outputs(
         f"sum of attributions = {total:+.4f}, |delta| = {abs(delta):.2e}",
         fontsize=9,
     )
-    if outputs.shape[1] > 1:
+    if 1 < outputs.shape[1] <= 8:
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
