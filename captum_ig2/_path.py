@@ -15,7 +15,7 @@ running sum in memory, whatever ``n_steps`` is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,11 +88,20 @@ class Capture:
 
 
 def _as_flat(value: Any) -> Tensor:
-    """A layer's output or input (a tensor or a tuple of them) as one (rows, features) tensor."""
+    """A layer's output or input (a tensor, a tuple of them, or a mapping of them such as a
+    Hugging Face ``ModelOutput``) as one (rows, features) tensor."""
     if isinstance(value, Tensor):
         return value.reshape(value.shape[0], -1) if value.dim() > 0 else value.reshape(1, 1)
-    tensors = [v for v in value if isinstance(v, Tensor)]
-    return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
+    items = value.values() if isinstance(value, Mapping) else value
+    tensors = [v for v in items if isinstance(v, Tensor)]
+    if not tensors:
+        raise ValueError(
+            f"the representation ({type(value).__name__}) holds no tensor: pass a "
+            "`representation_layer` whose output (or input) is a tensor, a tuple or a mapping "
+            "of tensors."
+        )
+    rows = tensors[0].shape[0]
+    return torch.cat([t.reshape(rows, -1) for t in tensors if t.shape[:1] == (rows,)], dim=1)
 
 
 Forward = Callable[[tuple[Tensor, ...], slice], Any]

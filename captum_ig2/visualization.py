@@ -288,6 +288,7 @@ def visualize_token_attributions(
         ax.set_yticklabels(list(tokens), fontsize=8)
         ax.invert_yaxis()
         ax.axvline(0, color="black", lw=0.6)
+        ax.locator_params(axis="x", nbins=4)  # keeps the value labels apart
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -111,3 +111,39 @@ def test_ig2_delta_is_measured_against_gradcf_not_reference(mlp: nn.Module) -> N
     torch.testing.assert_close(path.delta, expected)
     assert path.delta.abs().max() < 1e-4
     assert (path.attributions.sum(1) - (mlp(x)[:, 0] - reference_out)).abs().min() > 1e-3
+
+
+class MappingLayer(nn.Module):
+    """Returns a mapping, as Hugging Face encoders return a ModelOutput."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"last_hidden_state": torch.tanh(self.inner(x)), "note": "not a tensor"}
+
+
+class TensorLayer(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.inner(x))
+
+
+def test_ig2_representation_may_be_a_mapping_of_tensors() -> None:
+    torch.manual_seed(0)
+    inner, head = nn.Linear(6, 4).double(), nn.Linear(4, 2).double()
+    mapping, tensor = MappingLayer(inner), TensorLayer(inner)
+    x = torch.rand(3, 6, dtype=torch.float64)
+    refs = torch.rand(4, 6, dtype=torch.float64)
+    by_mapping = IterativeGradientIG(
+        lambda t: head(mapping(t)["last_hidden_state"]), representation_layer=mapping
+    )
+    by_tensor = IterativeGradientIG(lambda t: head(tensor(t)), representation_layer=tensor)
+    torch.testing.assert_close(
+        by_mapping.attribute(x, refs, target=0, n_steps=8),
+        by_tensor.attribute(x, refs, target=0, n_steps=8),
+    )
