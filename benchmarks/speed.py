@@ -261,14 +261,26 @@ def peak_memory_mb(args: argparse.Namespace, name: str, n: int, r: int, steps: i
     return float(child.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident set in kB. Linux's VmHWM belongs to the process's own
+    memory map; ``ru_maxrss`` would also count the parent's peak, inherited through fork."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def child_main(spec: str, model_name: str) -> None:
     name, n, r, steps = spec.split(",")
     model, size = make_model(model_name, torch.device("cpu"))
     fn = runner(name, model, int(n), int(r), int(steps), size, torch.device("cpu"))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kb()
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)  # kB -> MB on Linux
+    print((peak_rss_kb() - before) / 1024)
 
 
 def main() -> None:
