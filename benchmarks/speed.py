@@ -213,7 +213,9 @@ def runner(name: str, model: nn.Module, n: int, r: int, steps: int, size: int,
         return lambda: ig.attribute(xs, target=0, n_steps=steps, method="riemann_left")
     if name == "ig2":
         ig2 = IterativeGradientIG(model)
-        return lambda: ig2.attribute(x, refs, target=0, n_steps=steps, clamp=(0, 1),
+        # (1, R, ...): one shared set, also when R happens to equal N.
+        ref_set = refs.unsqueeze(0) if refs is not None else None
+        return lambda: ig2.attribute(x, ref_set, target=0, n_steps=steps, clamp=(0, 1),
                                      method="riemann_left")  # fmt: skip
     if name == "guided_ig":
         gig = GuidedIG(model)
