@@ -105,7 +105,7 @@ class PathAttribution(GradientAttribution):
             inputs,
             baselines,
             model_forward(self.forward_func, additional_forward_args, n_paths),
-            target_output(target, n_paths),
+            target_output(target),
             lambda tensors: _format_output(is_inputs_tuple, tensors),
         )
 

@@ -184,7 +184,7 @@ def expand_for_paths(target: Any, additional_forward_args: Any, r: int) -> tuple
     return target, args
 
 
-def slice_target(target: Any, rows: slice, n_rows: int) -> Any:
+def slice_target(target: Any, rows: slice) -> Any:
     """The part of a per-path target that belongs to ``rows``; shared targets pass unchanged."""
     if isinstance(target, list) or (isinstance(target, Tensor) and target.numel() > 1):
         return target[rows]

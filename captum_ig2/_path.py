@@ -123,11 +123,11 @@ def model_forward(
     return forward
 
 
-def target_output(target: Any, n_paths: int) -> Explain:
+def target_output(target: Any) -> Explain:
     """Selects each path's ``target`` from the model output, as Captum's ``_select_targets``."""
 
     def explain(output: Any, rows: slice) -> Tensor:
-        return scalar_per_example(_select_targets(output, slice_target(target, rows, n_paths)))
+        return scalar_per_example(_select_targets(output, slice_target(target, rows)))
 
     return explain
 

@@ -171,7 +171,7 @@ class _LayerPaths:
             start,
             other,
             forward,
-            target_output(target, n_paths),
+            target_output(target),
             functools.partial(self._format_layers, layout=layout),
         )
 
