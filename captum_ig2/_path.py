@@ -69,17 +69,23 @@ class PathIntegral:
 
 
 class Capture:
-    """Forward hook that keeps the latest output (or input) of a layer, flattened per example."""
+    """Forward hook that keeps the latest output (or input) of a layer: flattened per example
+    into one (rows, features) tensor, or with ``flat=False`` as the tuple of its tensors."""
 
-    def __init__(self, module: Module, use_input: bool) -> None:
-        self.value: Tensor | None = None
+    def __init__(self, module: Module, use_input: bool, flat: bool = True) -> None:
+        self.value: Any = None
         self.use_input = use_input
+        self.flat = flat
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: Module, inp: Any, out: Any) -> None:
-        self.value = _as_flat(inp if self.use_input else out)
+        value = inp if self.use_input else out
+        if self.flat:
+            self.value = _as_flat(value)
+        else:
+            self.value = value if isinstance(value, tuple) else (value,)
 
-    def take(self) -> Tensor | None:
+    def take(self) -> Any:
         value, self.value = self.value, None
         return value
 

@@ -28,11 +28,11 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ig2._attribution import mean_over_references, per_example_sum
-from captum_ig2._path import PathFunction, chunks
+from captum_ig2._path import Capture, PathFunction, chunks
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 from captum_ig2.layer import _LayerPaths
-from captum_ig2.neuron import _LayerValue, _NeuronPaths
+from captum_ig2.neuron import _NeuronPaths
 
 with warnings.catch_warnings():
     # Forward AD registers torch's own jvp decompositions through torch.jit.script on first
@@ -116,7 +116,7 @@ class _ConductanceObserver:
         internal_batch_size: int | None,
     ) -> None:
         parts: list[list[Tensor]] = []
-        capture = _LayerValue(self.layer, self.use_input)
+        capture = Capture(self.layer, self.use_input, flat=False)
         try:
             for rows in chunks(point[0].shape[0], internal_batch_size):
                 with torch.enable_grad(), fwAD.dual_level():

@@ -21,38 +21,18 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ig2._attribution import PathModel
-from captum_ig2._path import Explain, model_forward, scalar_per_example
+from captum_ig2._path import Capture, Explain, model_forward, scalar_per_example
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 
 NeuronSelector = int | tuple[int | slice, ...] | Callable[..., Tensor]
 
 
-class _LayerValue:
-    """Forward hook that keeps a layer's latest output (or input) as a tuple of tensors."""
-
-    def __init__(self, layer: Module, use_input: bool) -> None:
-        self.value: tuple[Tensor, ...] | None = None
-        self.use_input = use_input
-        self.handle = layer.register_forward_hook(self._hook)
-
-    def _hook(self, module: Module, inp: Any, out: Any) -> None:
-        value = inp if self.use_input else out
-        self.value = value if isinstance(value, tuple) else (value,)
-
-    def take(self) -> tuple[Tensor, ...] | None:
-        value, self.value = self.value, None
-        return value
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-
 def neuron_output(layer: Module, neuron_selector: NeuronSelector, use_input: bool,
                   stack: ExitStack) -> Explain:  # fmt: skip
     """The selected neuron of ``layer`` as the explained scalar of every path, read from a hook
     that lives on ``stack``; selection through Captum's ``_verify_select_neuron``."""
-    capture = _LayerValue(layer, use_input)
+    capture = Capture(layer, use_input, flat=False)
     stack.callback(capture.remove)
 
     def explain(output: Any, rows: slice) -> Tensor:
