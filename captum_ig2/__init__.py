@@ -10,6 +10,7 @@ The classes are drop-in replacements for Captum's Integrated Gradients family: s
 """
 
 from captum_ig2._attribution import AttributionPath
+from captum_ig2._quadrature import ConvergenceWarning
 from captum_ig2.conductance import LayerPathConductance
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
@@ -18,6 +19,7 @@ from captum_ig2.neuron import NeuronGuidedIG, NeuronIterativeGradientIG
 
 __all__ = [
     "AttributionPath",
+    "ConvergenceWarning",
     "GuidedIG",
     "IterativeGradientIG",
     "LayerGuidedIG",

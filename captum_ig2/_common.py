@@ -7,6 +7,7 @@ messages name the argument, what was expected and what came.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from captum._utils.common import (
 )
 from torch import Tensor
 
-RIEMANN_METHODS = ("riemann_left", "riemann_trapezoid")
+from captum_ig2._quadrature import DEFAULT_NODES, METHODS, Integration
 
 
 def check_inputs(inputs: tuple[Tensor, ...], floating: bool = True) -> int:
@@ -58,13 +59,38 @@ def check_n_steps(n_steps: Any) -> int:
     return n_steps
 
 
-def check_method(method: Any) -> str:
-    if method not in RIEMANN_METHODS:
+def _check_int(name: str, value: Any, least: int) -> int:
+    """An integral number (Python's or NumPy's) of at least ``least``, as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}.")
+    if value < least:
+        raise ValueError(f"`{name}` must be at least {least}, got {value}.")
+    return int(value)
+
+
+def check_integration(method: Any, nodes: Any, epsrel: Any, epsabs: Any, limit: Any) -> Integration:
+    """Checks the quadrature arguments shared by every class and bundles them."""
+    if method not in METHODS:
         raise ValueError(
-            f"`method` must be one of {RIEMANN_METHODS}, got {method!r}. Path methods integrate "
-            "along a discrete path, so Captum's Gauss-Legendre and midpoint rules do not apply."
+            f"`method` must be one of {METHODS}, got {method!r}: Captum's integral "
+            "approximation methods, applied to every path segment, or IDGI."
         )
-    return method
+    if nodes is None:
+        nodes = DEFAULT_NODES[method]
+    nodes = _check_int("nodes", nodes, 2 if method == "riemann_trapezoid" else 1)
+    if epsrel is not None:
+        epsrel = _check_tolerance("epsrel", epsrel)
+    epsabs = _check_tolerance("epsabs", epsabs)
+    limit = _check_int("limit", limit, 1)
+    return Integration(method, nodes, epsrel, epsabs, limit)
+
+
+def _check_tolerance(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float, got {type(value).__name__}.")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {value}.")
+    return float(value)
 
 
 def check_internal_batch_size(internal_batch_size: Any) -> int | None:
@@ -184,21 +210,33 @@ def expand_for_paths(target: Any, additional_forward_args: Any, r: int) -> tuple
     return target, args
 
 
-def slice_target(target: Any, rows: slice) -> Any:
+#: The paths that the rows of an evaluated batch lie on: a range of paths, or a path per row (an
+#: int64 tensor on the CPU), as for the quadrature nodes of several paths.
+Rows = slice | Tensor
+
+
+def slice_target(target: Any, rows: Rows) -> Any:
     """The part of a per-path target that belongs to ``rows``; shared targets pass unchanged."""
-    if isinstance(target, list) or (isinstance(target, Tensor) and target.numel() > 1):
-        return target[rows]
+    if isinstance(target, list):
+        return target[rows] if isinstance(rows, slice) else [target[i] for i in rows.tolist()]
+    if isinstance(target, Tensor) and target.numel() > 1:
+        return target[rows if isinstance(rows, slice) else rows.to(target.device)]
     return target
 
 
-def slice_args(args: tuple[Any, ...] | None, rows: slice, n_rows: int) -> tuple[Any, ...] | None:
+def slice_args(args: tuple[Any, ...] | None, rows: Rows, n_rows: int) -> tuple[Any, ...] | None:
     """The part of per-path forward arguments that belongs to ``rows``."""
     if args is None:
         return None
     return tuple(
-        a[rows] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n_rows else a
+        take(a, rows) if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n_rows else a
         for a in args
     )
+
+
+def take(t: Tensor, rows: Rows) -> Tensor:
+    """The rows ``rows`` of ``t`` (a view for a range)."""
+    return t[rows] if isinstance(rows, slice) else t[rows.to(t.device)]
 
 
 def format_clamp(clamp: Any, n_inputs: int) -> tuple[tuple[Any, Any], ...] | None:

@@ -1,20 +1,22 @@
 """The shared path engine.
 
 Every method of the package is a discrete path x_0 -> x_1 -> ... -> x_T, built step by step from
-gradients of the model, plus a Riemann sum of the explained output's gradient along it::
+gradients of the model, and a line integral of the explained output's gradient along it, so that
+the integral sums to f(x_T) - f(x_0) up to the quadrature error. Two parts, kept apart:
 
-    riemann_left:       sum_k (x_k+1 - x_k) * grad f(x_k)
-    riemann_trapezoid:  sum_k (x_k+1 - x_k) * (grad f(x_k) + grad f(x_k+1)) / 2
+- the **step rule** (``_steps.py``) makes the path: IG2's GradPath, Guided IG's guided path;
+- the **quadrature** (``_quadrature.py``) integrates every segment x_k -> x_k+1 with a rule,
+  refining the segments whose exactly known residual is too large.
 
-so that the sum of the integral is f(x_T) - f(x_0) up to the discretisation error. Methods differ
-only in their step rule (``_steps.py``). The engine steps all P paths of a call together (P = N
-inputs x R references): one forward pass per path point for all of them, in chunks of at most
-``internal_batch_size`` rows, and keeps only the current point, the previous gradient and the
-running sum in memory, whatever ``n_steps`` is.
+The engine steps all P paths of a call together (P = N inputs x R references): one forward pass
+per path point for all of them, one batched evaluation per level of quadrature nodes, in chunks of
+at most ``internal_batch_size`` rows, and keeps only the current segment in memory, whatever
+``n_steps`` is.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +28,8 @@ from captum._utils.progress import progress
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ig2._common import slice_args, slice_target
+from captum_ig2._common import Rows, slice_args, slice_target, take
+from captum_ig2._quadrature import Integration, Point
 
 GradientFunc = Callable[..., tuple[Tensor, ...]]
 
@@ -34,17 +37,19 @@ GradientFunc = Callable[..., tuple[Tensor, ...]]
 class StepRule(Protocol):
     """Moves every path one step: ``x_k -> x_k+1``.
 
-    ``needs_distance_gradient`` asks the engine for the gradient of the representation distance
-    (IG2's GradPath); every rule also receives the explained output's gradient at ``x_k``.
+    ``needs_output_gradient`` and ``needs_distance_gradient`` ask the engine for the explained
+    output's gradient at ``x_k`` and for the gradient of the representation distance (IG2's
+    GradPath); what was not asked for may come as None.
     """
 
+    needs_output_gradient: bool
     needs_distance_gradient: bool
 
     def __call__(
         self,
         k: int,
         x: tuple[Tensor, ...],
-        output_grad: tuple[Tensor, ...],
+        output_grad: tuple[Tensor, ...] | None,
         distance_grad: tuple[Tensor, ...] | None,
     ) -> tuple[Tensor, ...]: ...
 
@@ -54,16 +59,20 @@ class PathIntegral:
     """What the engine returns for P paths.
 
     Attributes:
-        integral: sum over segments of (x_k+1 - x_k) * gradient, one (P, ...) tensor per input.
+        integral: the line integral of grad f along the path, per feature, one (P, ...) tensor
+            per input.
         start_output: the explained output f(x_0), shape (P,).
-        end_output: f(x_T), shape (P,), or None when it was not asked for.
+        end_output: f(x_T), shape (P,).
+        evaluations: the points at which each path took a gradient (path points and quadrature
+            nodes), shape (P,), int64 on the CPU.
         points: with ``record=True``, the path points, one (T + 1, P, ...) tensor per input.
         outputs: with ``record=True``, f at every path point, shape (T + 1, P).
     """
 
     integral: tuple[Tensor, ...]
     start_output: Tensor
-    end_output: Tensor | None
+    end_output: Tensor
+    evaluations: Tensor
     points: tuple[Tensor, ...] | None = None
     outputs: Tensor | None = None
 
@@ -110,11 +119,12 @@ def _as_flat(value: Any) -> Tensor:
     return torch.cat([t.reshape(rows, -1) for t in tensors if t.shape[:1] == (rows,)], dim=1)
 
 
-Forward = Callable[[tuple[Tensor, ...], slice], Any]
-Explain = Callable[[Any, slice], Tensor]
-Observer = Callable[
-    [int, tuple[Tensor, ...], tuple[Tensor, ...], "PathFunction", "int | None"], None
-]
+Forward = Callable[[tuple[Tensor, ...], Rows], Any]
+Explain = Callable[[Any, Rows], Tensor]
+# observer(function, internal_batch_size, start, direction, node_paths, node_t, node_weights):
+# sees every quadrature node of the attribution (see ``_quadrature.NodeObserver``), to compute
+# more along the same path with the same nodes (e.g. conductance).
+Observer = Callable[..., None]
 
 
 def model_forward(
@@ -122,7 +132,7 @@ def model_forward(
 ) -> Forward:
     """Runs the model on path points that are its inputs, with the paths' forward arguments."""
 
-    def forward(x: tuple[Tensor, ...], rows: slice) -> Any:
+    def forward(x: tuple[Tensor, ...], rows: Rows) -> Any:
         args = slice_args(additional_forward_args, rows, n_paths)
         return forward_func(*x, *args) if args else forward_func(*x)
 
@@ -132,7 +142,7 @@ def model_forward(
 def target_output(target: Any) -> Explain:
     """Selects each path's ``target`` from the model output, as Captum's ``_select_targets``."""
 
-    def explain(output: Any, rows: slice) -> Tensor:
+    def explain(output: Any, rows: Rows) -> Tensor:
         return scalar_per_example(_select_targets(output, slice_target(target, rows)))
 
     return explain
@@ -214,21 +224,21 @@ class PathFunction:
                 parts.append(self._representation(output).detach())
         self.reference_representation = torch.cat(parts, dim=0)
 
-    def _distance(self, output: Any, rows: slice) -> Tensor:
+    def _distance(self, output: Any, rows: Rows) -> Tensor:
         """Mean squared distance between representations, as in the authors' code (MSE)."""
         rep = self._representation(output)
         assert self.reference_representation is not None
-        ref = self.reference_representation[rows]
+        ref = take(self.reference_representation, rows)
         return (rep - ref).pow(2).mean(dim=1)
 
-    def output(self, x: tuple[Tensor, ...], rows: slice) -> Tensor:
+    def output(self, x: tuple[Tensor, ...], rows: Rows) -> Tensor:
         """The explained scalar of paths ``rows`` at points ``x``, differentiable."""
         value = self.explain(self.forward(x, rows), rows)
         if self._capture is not None:
             self._capture.take()
         return value
 
-    def _value(self, x: tuple[Tensor, ...], rows: slice) -> Tensor:
+    def _value(self, x: tuple[Tensor, ...], rows: Rows) -> Tensor:
         with torch.no_grad():
             value = self.explain(self.forward(x, rows), rows).detach()
         if self._capture is not None:
@@ -239,7 +249,7 @@ class PathFunction:
     def evaluate(
         self,
         x: tuple[Tensor, ...],
-        rows: slice,
+        rows: Rows,
         need_value: bool,
         output_grad: bool,
         distance_grad: bool,
@@ -266,7 +276,7 @@ class PathFunction:
         return (self._value(x, rows) if need_value else None), out_g, dist_g
 
     def _evaluate_fused(
-        self, x: tuple[Tensor, ...], rows: slice, output_grad: bool, distance_grad: bool
+        self, x: tuple[Tensor, ...], rows: Rows, output_grad: bool, distance_grad: bool
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         with torch.enable_grad():
             x = tuple(t.detach().requires_grad_() for t in x)
@@ -343,14 +353,25 @@ def _evaluate_chunked(
     return values, join(1), join(2)
 
 
+def _node_evaluator(function: PathFunction) -> Callable[..., Any]:
+    """f and its gradient at quadrature nodes, row b of which lies on path ``paths[b]``."""
+
+    def evaluate(points: tuple[Tensor, ...], paths: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        value, grad, _ = function.evaluate(points, paths, True, True, False)
+        assert value is not None and grad is not None
+        return value, grad
+
+    return evaluate
+
+
 def integrate_path(
     start: tuple[Tensor, ...],
     step: StepRule,
     n_steps: int,
     function: PathFunction,
-    method: str = "riemann_trapezoid",
+    integration: Integration,
+    heading: tuple[Tensor, ...],
     internal_batch_size: int | None = None,
-    need_end_output: bool = False,
     record: bool = False,
     show_progress: bool = False,
     desc: str = "path",
@@ -363,72 +384,76 @@ def integrate_path(
         step: the step rule that gives x_k+1 from x_k and the gradients at x_k.
         n_steps: T, the number of path segments (T + 1 points).
         function: the model seen from the paths (see :class:`PathFunction`).
-        method: ``"riemann_left"`` or ``"riemann_trapezoid"``.
-        internal_batch_size: at most this many path points go through the model at once.
-        need_end_output: evaluate f(x_T) even where the method does not need it (for deltas).
+        integration: the quadrature rule, tolerance and budget (see ``_quadrature``).
+        heading: where the paths head for (IG2: the references, Guided IG: the inputs): f there
+            sets the scale of the relative tolerance before the path's end is known.
+        internal_batch_size: at most this many points go through the model at once.
         record: keep every point and f along the path (memory grows with T).
         show_progress: show a progress bar over the path points.
         desc: the progress bar's label.
-        observer: called after every step as ``observer(k, x_k, x_k+1, function,
-            internal_batch_size)``, to compute more along the same path (e.g. conductance).
+        observer: sees every quadrature node (see :data:`Observer`), e.g. for conductance.
     """
-    trapezoid = method == "riemann_trapezoid"
     x = tuple(t.detach() for t in start)
+    n_paths = x[0].shape[0]
+    heading_output = None
+    if integration.refines:
+        heading_output, _, _ = _evaluate_chunked(
+            function, tuple(t.detach() for t in heading), internal_batch_size, True, False, False
+        )
+    quadrature = None
+    node_evaluate = _node_evaluator(function)
+    node_observer = None
+    if observer is not None:
+        node_observer = functools.partial(observer, function, internal_batch_size)
     total = tuple(torch.zeros_like(t) for t in x)
+    evaluations = torch.zeros(n_paths, dtype=torch.long)
     points: list[tuple[Tensor, ...]] = []
     outputs: list[Tensor] = []
-    start_output: Tensor | None = None
-    end_output: Tensor | None = None
-    previous: tuple[Tensor, ...] = x
-    previous_grad: tuple[Tensor, ...] = x
+    previous: Point | None = None
+    start_output = value = torch.empty(0)
     bar = progress(desc=desc, total=n_steps + 1) if show_progress else None
     try:
         for k in range(n_steps + 1):
             last = k == n_steps
-            if last and not (trapezoid or need_end_output or record):
-                break
+            uses_start = integration.uses_start and not last
+            uses_end = integration.uses_end and k > 0
+            output_grad = uses_start or uses_end or (step.needs_output_gradient and not last)
+            distance_grad = step.needs_distance_gradient and not last
             value, grad, dist_grad = _evaluate_chunked(
-                function,
-                x,
-                internal_batch_size,
-                need_value=k == 0 or last or record,
-                output_grad=trapezoid or not last,
-                distance_grad=step.needs_distance_gradient and not last,
+                function, x, internal_batch_size, True, output_grad, distance_grad
             )
-            if k == 0:
-                start_output = value
-            if last:
-                end_output = value
+            assert value is not None
+            if output_grad or distance_grad:  # one forward and backward pass (or two)
+                evaluations += 1
+            point = Point(x, value, grad)
             if record:
                 points.append(x)
                 outputs.append(value)
-            if trapezoid and k > 0:
-                # Segment k-1 with the mean of the gradients at both of its ends.
-                for acc, now, before, g_before, g_now in zip(
-                    total, x, previous, previous_grad, grad
-                ):
-                    acc.add_((now - before) * (g_before + g_now), alpha=0.5)
+            if k == 0:
+                start_output = value
+                quadrature = integration.quadrature(
+                    value, heading_output, n_steps, internal_batch_size
+                )
+            else:
+                assert previous is not None and quadrature is not None
+                segment = quadrature.integrate(previous, point, node_evaluate, node_observer)
+                for acc, part in zip(total, segment.integral):
+                    acc.add_(part)
+                evaluations += segment.evaluations
             if bar is not None:
                 bar.update()
             if last:
                 break
-            x_next = step(k, x, grad, dist_grad)
-            if observer is not None:
-                observer(k, x, x_next, function, internal_batch_size)
-            if not trapezoid:
-                # Segment k with the gradient at its start, as the papers' sums.
-                for acc, now, after, g in zip(total, x, x_next, grad):
-                    acc.add_((after - now) * g)
-            previous, previous_grad = x, grad
-            x = x_next
+            previous = point
+            x = step(k, x, grad, dist_grad)
     finally:
         if bar is not None:
             bar.close()
-    assert start_output is not None
     return PathIntegral(
         integral=total,
         start_output=start_output,
-        end_output=end_output,
+        end_output=value,
+        evaluations=evaluations,
         points=tuple(torch.stack(p) for p in zip(*points)) if record else None,
         outputs=torch.stack(outputs) if record else None,
     )

@@ -30,6 +30,7 @@ class CounterfactualGradientStep:
         clamp: one (low, high) pair per input tensor, or None for no clipping.
     """
 
+    needs_output_gradient = False
     needs_distance_gradient = True
 
     def __init__(self, step_size: Tensor, clamp: tuple[tuple[Any, Any], ...] | None) -> None:
@@ -40,7 +41,7 @@ class CounterfactualGradientStep:
         self,
         k: int,
         x: tuple[Tensor, ...],
-        output_grad: tuple[Tensor, ...],
+        output_grad: tuple[Tensor, ...] | None,
         distance_grad: tuple[Tensor, ...] | None,
     ) -> tuple[Tensor, ...]:
         assert distance_grad is not None
@@ -93,6 +94,7 @@ class GuidedStep:
         max_dist: the largest allowed deviation from the straight line, in [0, 1].
     """
 
+    needs_output_gradient = True
     needs_distance_gradient = False
     #: PAIR's tolerance for "the L1 target is met" (``math.isclose`` with this rel and abs tol).
     EPSILON = 1e-9
@@ -126,9 +128,10 @@ class GuidedStep:
         self,
         k: int,
         x: tuple[Tensor, ...],
-        output_grad: tuple[Tensor, ...],
+        output_grad: tuple[Tensor, ...] | None,
         distance_grad: tuple[Tensor, ...] | None,
     ) -> tuple[Tensor, ...]:
+        assert output_grad is not None
         x_flat = flatten(x)
         grad = flatten(output_grad)
         alpha = (k + 1.0) / self.n_steps

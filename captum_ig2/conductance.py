@@ -28,7 +28,9 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ig2._attribution import mean_over_references, per_example_sum
+from captum_ig2._common import take
 from captum_ig2._path import Capture, PathFunction, chunks
+from captum_ig2._quadrature import _times
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 from captum_ig2.layer import _LayerPaths
@@ -71,62 +73,51 @@ def _format_region(region: Any, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...
 
 
 class _ConductanceObserver:
-    """Accumulates every neuron's share of each path segment, restricted to the region."""
+    """Accumulates every neuron's share of the path integral at the quadrature's own nodes,
+    restricted to the region: at a node x with weight w on a segment with direction d, neuron
+    j's share is dF/dh_j (x) * [J_h(x) (w d)]_j."""
 
-    def __init__(
-        self,
-        layer: Module,
-        use_input: bool,
-        region: tuple[Tensor, ...] | None,
-        trapezoid: bool,
-    ) -> None:
+    def __init__(self, layer: Module, use_input: bool, region: tuple[Tensor, ...] | None) -> None:
         self.layer = layer
         self.use_input = use_input
         self.region = region
-        self.trapezoid = trapezoid
         self.total: list[Tensor] | None = None
         self.layer_is_tuple = False
 
     def __call__(
         self,
-        k: int,
-        x: tuple[Tensor, ...],
-        x_next: tuple[Tensor, ...],
         function: PathFunction,
         internal_batch_size: int | None,
+        start: tuple[Tensor, ...],
+        direction: tuple[Tensor, ...],
+        node_paths: Tensor,
+        node_t: Tensor,
+        node_weights: Tensor,
     ) -> None:
-        segment = tuple(b - a for a, b in zip(x, x_next))
+        tangent = direction
         if self.region is not None:
-            repeats = x[0].shape[0] // self.region[0].shape[0]
-            segment = tuple(
-                s * m.repeat_interleave(repeats, dim=0) for s, m in zip(segment, self.region)
+            repeats = start[0].shape[0] // self.region[0].shape[0]
+            tangent = tuple(
+                d * m.repeat_interleave(repeats, dim=0) for d, m in zip(direction, self.region)
             )
-        if self.trapezoid:
-            self._add(x, segment, 0.5, function, internal_batch_size)
-            self._add(x_next, segment, 0.5, function, internal_batch_size)
-        else:
-            self._add(x, segment, 1.0, function, internal_batch_size)
-
-    def _add(
-        self,
-        point: tuple[Tensor, ...],
-        tangent: tuple[Tensor, ...],
-        weight: float,
-        function: PathFunction,
-        internal_batch_size: int | None,
-    ) -> None:
-        parts: list[list[Tensor]] = []
         capture = Capture(self.layer, self.use_input, flat=False)
         try:
-            for rows in chunks(point[0].shape[0], internal_batch_size):
+            for rows in chunks(node_paths.numel(), internal_batch_size):
+                paths = node_paths[rows]
+                tangents = tuple(take(t, paths) for t in tangent)
+                points = tuple(
+                    take(s, paths) + _times(node_t[rows], s) * take(d, paths)
+                    for s, d in zip(start, direction)
+                )
+                weights = node_weights[rows]
                 with torch.enable_grad(), fwAD.dual_level():
                     duals = tuple(
                         fwAD.make_dual(
-                            p[rows].detach().clone().requires_grad_(), t[rows].contiguous()
+                            p.detach().requires_grad_(), (_times(weights, t) * t).contiguous()
                         )
-                        for p, t in zip(point, tangent)
+                        for p, t in zip(points, tangents)
                     )
-                    value = function.output(duals, rows)
+                    value = function.output(duals, paths)
                     h = capture.take()
                     if h is None:
                         raise ValueError(
@@ -141,15 +132,15 @@ class _ConductanceObserver:
                             shares.append(torch.zeros_like(h_i).detach())
                         else:
                             shares.append((g_i * directional).detach())
-                parts.append(shares)
+                self._add(shares, paths, start[0].shape[0])
         finally:
             capture.remove()
-        joined = [torch.cat(tensors) * weight for tensors in zip(*parts)]
+
+    def _add(self, shares: list[Tensor], paths: Tensor, n_paths: int) -> None:
         if self.total is None:
-            self.total = joined
-        else:
-            for acc, add in zip(self.total, joined):
-                acc.add_(add)
+            self.total = [s.new_zeros((n_paths, *s.shape[1:])) for s in shares]
+        for acc, share in zip(self.total, shares):
+            acc.index_add_(0, paths.to(acc.device), share)
 
 
 class LayerPathConductance(LayerAttribution):
@@ -242,26 +233,24 @@ class LayerPathConductance(LayerAttribution):
         compute_args = self._path_arguments(path_kwargs)
         formatted = _format_tensor_into_tuples(inputs)
         masks = _format_region(region, formatted)
-        observer = _ConductanceObserver(
-            self.layer,
-            attribute_to_layer_input,
-            masks,
-            trapezoid=compute_args["method"] == "riemann_trapezoid",
-        )
+        if compute_args["method"] == "idgi":
+            raise ValueError(
+                "`method='idgi'` is not a path integral, so it has no decomposition over the "
+                "neurons of a layer: use one of the quadrature rules, e.g. 'gausslegendre'."
+            )
+        observer = _ConductanceObserver(self.layer, attribute_to_layer_input, masks)
         result = self.path_method._compute(
             inputs=inputs,
             baselines=baselines,
             target=target,
             additional_forward_args=additional_forward_args,
             record=False,
-            need_delta=False,
             observer=observer,
             **compute_args,
         )
         n = formatted[0].shape[0]
         total = observer.total
-        if total is None:  # no step was taken
-            raise ValueError("`n_steps` must be at least 1 for a path to decompose.")
+        assert total is not None  # every path has at least one segment, with nodes
         r = total[0].shape[0] // n
         # IG2 attributes f(input) - f(GradCF): the path runs backwards, averaged over R.
         sign = -1.0 if isinstance(self.path_method, IterativeGradientIG) else 1.0

@@ -114,44 +114,42 @@ def main(argv: list[str] | None = None) -> None:
     references = other_class_references(data, target, args.refs_per_class)
     steps = args.n_steps
     results: dict[str, tuple[Tensor, Tensor]] = {}
-    timings: dict[str, float] = {}
-    methods = {
-        "IG (zero baseline)": lambda: IntegratedGradients(model).attribute(
-            x,
-            target=target,
-            n_steps=steps,
-            method="riemann_trapezoid",
-            return_convergence_delta=True,
-        ),
-        "Guided IG": lambda: GuidedIG(model).attribute(
-            x, target=target, n_steps=steps, return_convergence_delta=True
-        ),
-        "IG2": lambda: IterativeGradientIG(model, representation_layer=model.fc).attribute(
-            x,
-            references,
-            target=target,
-            n_steps=steps,
-            clamp=(0.0, 1.0),
-            return_convergence_delta=True,
+    report: dict[str, tuple[Tensor, float, float]] = {}  # relative error, evaluations, seconds
+    with torch.no_grad():
+        gap_ig = (model(x) - model(torch.zeros_like(x))).gather(1, target.unsqueeze(1))[:, 0]
+    t = time.perf_counter()
+    ig, delta = IntegratedGradients(model).attribute(
+        x, target=target, n_steps=steps, return_convergence_delta=True
+    )
+    report["IG (zero baseline)"] = (delta.abs() / gap_ig.abs(), steps, time.perf_counter() - t)
+    results["IG (zero baseline)"] = (ig, delta)
+    paths = {
+        "Guided IG": lambda: GuidedIG(model).path(x, target=target, n_steps=steps),
+        "IG2": lambda: IterativeGradientIG(model, representation_layer=model.fc).path(
+            x, references, target=target, n_steps=steps, clamp=(0.0, 1.0)
         ),
     }
-    for name, run in methods.items():
+    gradcf = x
+    for name, run in paths.items():
         t = time.perf_counter()
-        results[name] = run()
-        timings[name] = time.perf_counter() - t
+        path = run()
+        seconds = time.perf_counter() - t
+        results[name] = (path.attributions, path.delta)
+        report[name] = (path.relative_error, path.evaluations.double().mean().item(), seconds)
+        if name == "IG2":
+            gradcf = path.end.mean(dim=1)  # the GradCF averaged over the references
 
-    with torch.no_grad():
-        out = model(x).gather(1, target.unsqueeze(1)).squeeze(1)
     print(f"\n{len(x)} test digits, {steps} steps, targets {target.tolist()}")
-    print(f"{'method':20s} {'mean |delta|':>13s} {'relative':>9s} {'time s':>7s}")
-    for name, (_, delta) in results.items():
-        rel = (delta.abs() / out.abs().clamp_min(1e-6)).mean().item()
-        print(f"{name:20s} {delta.abs().mean().item():13.2e} {rel:9.2e} {timings[name]:7.2f}")
-
-    path = IterativeGradientIG(model, representation_layer=model.fc).path(
-        x, references, target=target, n_steps=steps, clamp=(0.0, 1.0)
+    print(
+        f"{'method':20s} {'|delta| / |gap|, max':>21s} {'gradients per digit':>20s} {'time s':>7s}"
     )
-    gradcf = path.end.mean(dim=1)  # the GradCF averaged over the references
+    for name, (relative, evaluations, seconds) in report.items():
+        print(f"{name:20s} {relative.max().item():21.2e} {evaluations:20.0f} {seconds:7.2f}")
+    print(
+        "(gap: f(input) - f(baseline), for IG2 f(input) - f(GradCF); IG: Captum's "
+        "Gauss-Legendre on the straight line; Guided IG and IG2: the default quadrature, "
+        "refined to 2 %)"
+    )
     save_figure(x, target, results, gradcf, args.out)
     print(f"\nwrote {args.out}")
 

@@ -7,17 +7,24 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, Literal
 
-import torch
 from captum._utils.common import _format_tensor_into_tuples, _is_tuple
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_ig2._attribution import AttributionPath, PathAttribution, per_example_sum
+from captum_ig2._attribution import (
+    EPSREL,
+    GUIDED_IG_METHOD,
+    LIMIT,
+    AttributionPath,
+    PathAttribution,
+    document_quadrature,
+    finish,
+)
 from captum_ig2._common import (
     check_inputs,
+    check_integration,
     check_internal_batch_size,
-    check_method,
     check_n_steps,
     check_target,
     check_unit_interval,
@@ -72,10 +79,14 @@ class GuidedIG(PathAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         *,
         return_convergence_delta: Literal[True],
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
@@ -89,12 +100,17 @@ class GuidedIG(PathAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
+    @document_quadrature(GUIDED_IG_METHOD)
     @log_usage()
     def attribute(  # type: ignore[misc]
         self,
@@ -105,9 +121,13 @@ class GuidedIG(PathAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""
@@ -126,11 +146,7 @@ class GuidedIG(PathAttribution):
             max_dist (float, optional): How far, in [0, 1], a feature may deviate from the
                         straight line, as a fraction of the way from baseline to input; 0 gives
                         IG's straight path, 1 an unbounded guided path. Default: 0.02
-            method (str, optional): ``"riemann_left"`` is the paper's (and PAIR's) sum,
-                        sum_k (x_k+1 - x_k) * grad f(x_k); ``"riemann_trapezoid"`` averages the
-                        gradients at both ends of each segment, which costs one more gradient
-                        (at the input) and has a much smaller completeness error.
-                        Default: ``"riemann_trapezoid"``
+            <quadrature>
             internal_batch_size (int, optional): At most this many path points go through the
                         model at once. Default: None, all N at once.
             show_progress (bool, optional): Show a progress bar over the path points.
@@ -146,8 +162,8 @@ class GuidedIG(PathAttribution):
         """
         result = self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, show_progress,
-            record=False, need_delta=return_convergence_delta,
+            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            record=False,
         )  # fmt: skip
         if return_convergence_delta:
             return result.attributions, result.delta
@@ -162,8 +178,12 @@ class GuidedIG(PathAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> AttributionPath[TensorOrTupleOfTensorsGeneric]:
         r"""
@@ -177,7 +197,8 @@ class GuidedIG(PathAttribution):
         """
         return self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, show_progress, record=True, need_delta=True,
+            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            record=True,
         )  # fmt: skip
 
     def _compute(
@@ -191,9 +212,12 @@ class GuidedIG(PathAttribution):
         max_dist: float,
         method: str,
         internal_batch_size: int | None,
+        nodes: int | None,
+        epsrel: float | None,
+        epsabs: float,
+        limit: int,
         show_progress: bool,
         record: bool,
-        need_delta: bool,
         observer: Observer | None = None,
         **options: Any,
     ) -> AttributionPath:
@@ -203,7 +227,7 @@ class GuidedIG(PathAttribution):
         n_steps = check_n_steps(n_steps)
         fraction = check_unit_interval("fraction", fraction, open_low=True)
         max_dist = check_unit_interval("max_dist", max_dist, open_low=False)
-        method = check_method(method)
+        integration = check_integration(method, nodes, epsrel, epsabs, limit)
         internal_batch_size = check_internal_batch_size(internal_batch_size)
         check_target(target, n)
         references, _ = format_references(formatted, baselines, allow_sets=False)
@@ -223,29 +247,12 @@ class GuidedIG(PathAttribution):
                 GuidedStep(start, end, n_steps, fraction, max_dist),
                 n_steps,
                 function,
-                method=method,
+                integration,
+                heading=end,
                 internal_batch_size=internal_batch_size,
-                need_end_output=need_delta,
                 record=record,
                 show_progress=show_progress,
                 desc="Guided IG",
                 observer=observer,
             )
-        attributions = result.integral
-        delta = torch.zeros(n, dtype=start[0].dtype, device=start[0].device)
-        if need_delta:
-            assert result.end_output is not None
-            delta = per_example_sum(attributions) - (result.end_output - result.start_output)
-        points: Any = None
-        outputs = torch.empty(0)
-        if record:
-            assert result.points is not None and result.outputs is not None
-            points = model.format(tuple(t.unsqueeze(2) for t in result.points))
-            outputs = result.outputs.unsqueeze(2)
-        return AttributionPath(
-            points=points,
-            outputs=outputs,
-            attributions=model.format(attributions),
-            delta=delta,
-            input_index=-1,
-        )
+        return finish(self.get_name(), result, model, n, 1, 1.0, integration, record, -1)

@@ -16,15 +16,18 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ig2._attribution import (
+    EPSREL,
+    IG2_METHOD,
+    LIMIT,
     AttributionPath,
     PathAttribution,
-    mean_over_references,
-    per_example_sum,
+    document_quadrature,
+    finish,
 )
 from captum_ig2._common import (
     check_inputs,
+    check_integration,
     check_internal_batch_size,
-    check_method,
     check_n_steps,
     check_target,
     expand_for_paths,
@@ -107,12 +110,16 @@ class IterativeGradientIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         *,
         return_convergence_delta: Literal[True],
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
@@ -124,14 +131,19 @@ class IterativeGradientIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
+    @document_quadrature(IG2_METHOD)
     @log_usage()
     def attribute(  # type: ignore[misc]
         self,
@@ -140,11 +152,15 @@ class IterativeGradientIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""
@@ -168,11 +184,7 @@ class IterativeGradientIG(PathAttribution):
                         Default: None, a zero reference.
             n_steps (int, optional): The number of GradPath steps (segments); a path has
                         n_steps + 1 points. Default: 50
-            method (str, optional): ``"riemann_left"`` is the paper's sum,
-                        sum_k (x_k - x_k+1) * grad f(x_k); ``"riemann_trapezoid"`` averages the
-                        gradients at both ends of each segment, which costs one more gradient
-                        (at the GradCF) and has a much smaller completeness error.
-                        Default: ``"riemann_trapezoid"``
+            <quadrature>
             internal_batch_size (int, optional): At most this many path points go through
                         the model at once (the N x R points of a step are split into chunks).
                         Default: None, all N x R at once.
@@ -191,14 +203,14 @@ class IterativeGradientIG(PathAttribution):
             - **attributions** (*Tensor* or *tuple[Tensor, ...]*): IG2 attributions, of the
               form and shape of `inputs`.
             - **delta** (*Tensor*, returned if return_convergence_delta=True): per example,
-              sum(attributions) - (f(input) - mean over references of f(GradCF)): the error of
-              the Riemann sum against the path's real end, not against the reference, which
-              the path need not reach.
+              sum(attributions) - (f(input) - mean over references of f(GradCF)): the
+              completeness error of the path integral against the path's real end, not
+              against the reference, which the path need not reach.
         """
         result = self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, method,
-            internal_batch_size, step_size, clamp, show_progress,
-            record=False, need_delta=return_convergence_delta,
+            internal_batch_size, step_size, clamp, nodes, epsrel, epsabs, limit, show_progress,
+            record=False,
         )  # fmt: skip
         if return_convergence_delta:
             return result.attributions, result.delta
@@ -211,10 +223,14 @@ class IterativeGradientIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> AttributionPath[TensorOrTupleOfTensorsGeneric]:
         r"""
@@ -222,14 +238,16 @@ class IterativeGradientIG(PathAttribution):
 
         Takes the arguments of :meth:`attribute`. The GradCF of every reference is
         ``path(...).end``, shape (N, R, \*F); ``path(...).points`` holds the whole GradPath,
-        shape (n_steps + 1, N, R, \*F). Memory grows with n_steps.
+        shape (n_steps + 1, N, R, \*F), and the record reports each example's completeness
+        error and tolerance and the gradient evaluations spent. Memory grows with n_steps.
 
         Returns:
             :class:`AttributionPath`
         """
         return self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, method,
-            internal_batch_size, step_size, clamp, show_progress, record=True, need_delta=True,
+            internal_batch_size, step_size, clamp, nodes, epsrel, epsabs, limit, show_progress,
+            record=True,
         )  # fmt: skip
 
     def _compute(
@@ -243,9 +261,12 @@ class IterativeGradientIG(PathAttribution):
         internal_batch_size: int | None,
         step_size: float | None,
         clamp: Any,
+        nodes: int | None,
+        epsrel: float | None,
+        epsabs: float,
+        limit: int,
         show_progress: bool,
         record: bool,
-        need_delta: bool,
         observer: Observer | None = None,
         **options: Any,
     ) -> AttributionPath:
@@ -253,7 +274,7 @@ class IterativeGradientIG(PathAttribution):
         formatted = _format_tensor_into_tuples(inputs)
         n = check_inputs(formatted, floating=self._floating_inputs)
         n_steps = check_n_steps(n_steps)
-        method = check_method(method)
+        integration = check_integration(method, nodes, epsrel, epsabs, limit)
         internal_batch_size = check_internal_batch_size(internal_batch_size)
         check_target(target, n)
         references, r = format_references(formatted, baselines, allow_sets=True)
@@ -299,9 +320,9 @@ class IterativeGradientIG(PathAttribution):
                 CounterfactualGradientStep(eta, clamp),
                 n_steps,
                 function,
-                method=method,
+                integration,
+                heading=references,
                 internal_batch_size=internal_batch_size,
-                need_end_output=need_delta,
                 record=record,
                 show_progress=show_progress,
                 desc="IG2",
@@ -309,23 +330,4 @@ class IterativeGradientIG(PathAttribution):
             )
         # The engine integrates along the path, input -> GradCF; IG2 attributes f(input) -
         # f(GradCF), the reverse direction.
-        attributions = tuple(mean_over_references(-t, n, r) for t in result.integral)
-        delta = torch.zeros(n, dtype=start[0].dtype, device=start[0].device)
-        if need_delta:
-            assert result.end_output is not None
-            output_gap = mean_over_references(result.start_output - result.end_output, n, r)
-            delta = per_example_sum(attributions) - output_gap
-        points: Any = None
-        outputs = torch.empty(0)
-        if record:
-            assert result.points is not None and result.outputs is not None
-            points = model.format(
-                tuple(t.reshape(t.shape[0], n, r, *t.shape[2:]) for t in result.points)
-            )
-            outputs = result.outputs.reshape(-1, n, r)
-        return AttributionPath(
-            points=points,
-            outputs=outputs,
-            attributions=model.format(attributions),
-            delta=delta,
-        )
+        return finish(self.get_name(), result, model, n, r, -1.0, integration, record, 0)

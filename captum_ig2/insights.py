@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT
+from captum_ig2._quadrature import METHODS
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
-
-RIEMANN = ["riemann_trapezoid", "riemann_left"]
 
 
 def _insights_config() -> Any:
@@ -55,6 +55,30 @@ def _positive_float_or_auto(value: Any) -> float | None:
     return float(text)
 
 
+def _nodes(value: Any) -> int | None:
+    """Nodes per segment from the UI: empty or 'auto' means the method's default (None)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    return None if text in ("", "auto", "none") else int(text)
+
+
+def _epsrel(value: Any) -> float | None:
+    """The completeness tolerance from the UI: 'none' turns refinement off."""
+    if value is None or isinstance(value, float):
+        return value
+    text = str(value).strip().lower()
+    return None if text in ("", "none") else float(text)
+
+
+#: The quadrature fields that both methods show, and how their text is read.
+_QUADRATURE_HELP = (
+    " method and nodes: the quadrature rule on every path segment; epsrel: the completeness "
+    "tolerance segments are refined to ('none': no refinement); limit: the most pieces a "
+    "segment is split into."
+)
+
+
 def _clamp(value: Any) -> tuple[float, float] | None:
     """``"low high"`` from the UI as a clamp pair; empty means no clamp."""
     if value is None or isinstance(value, tuple):
@@ -81,33 +105,48 @@ def register() -> None:
     number, choice, text = config.NumberConfig, config.StrEnumConfig, config.StrConfig
     config.ATTRIBUTION_NAMES_TO_METHODS[IterativeGradientIG.get_name()] = IterativeGradientIG
     config.ATTRIBUTION_NAMES_TO_METHODS[GuidedIG.get_name()] = GuidedIG
+
+    def quadrature(method: str) -> dict[str, Any]:
+        return {
+            "method": choice(value=method, limit=list(METHODS)),
+            "nodes": text(value="auto"),
+            "epsrel": text(value=str(EPSREL)),
+            "limit": number(value=LIMIT, limit=(1, None)),
+        }
+
+    read_quadrature = {"nodes": _nodes, "epsrel": _epsrel, "limit": int}
     config.ATTRIBUTION_METHOD_CONFIG[IterativeGradientIG.get_name()] = params(
         params={
             "n_steps": number(value=50, limit=(1, None)),
             "step_size": text(value="auto"),
             "clamp": text(value=""),
-            "method": choice(value="riemann_trapezoid", limit=RIEMANN),
+            **quadrature(IG2_METHOD),
         },
         help_info=(
             "IG2 walks from the input down the gradient of the distance to the reference's "
             "representation (the Insights baseline). step_size: the L2 length of a step, "
             "'auto' = ||input - reference|| / n_steps. clamp: 'low high' bounds of the input "
-            "domain, empty for none."
+            "domain, empty for none." + _QUADRATURE_HELP
         ),
-        post_process={"n_steps": int, "step_size": _positive_float_or_auto, "clamp": _clamp},
+        post_process={
+            "n_steps": int,
+            "step_size": _positive_float_or_auto,
+            "clamp": _clamp,
+            **read_quadrature,
+        },
     )
     config.ATTRIBUTION_METHOD_CONFIG[GuidedIG.get_name()] = params(
         params={
             "n_steps": number(value=200, limit=(1, None)),
             "fraction": text(value="0.25"),
             "max_dist": text(value="0.02"),
-            "method": choice(value="riemann_trapezoid", limit=RIEMANN),
+            **quadrature(GUIDED_IG_METHOD),
         },
         help_info=(
             "Guided IG moves the `fraction` of features with the smallest gradient at each "
-            "step, within `max_dist` of the straight line from the baseline."
+            "step, within `max_dist` of the straight line from the baseline." + _QUADRATURE_HELP
         ),
-        post_process={"n_steps": int, "fraction": float, "max_dist": float},
+        post_process={"n_steps": int, "fraction": float, "max_dist": float, **read_quadrature},
     )
 
 

@@ -22,7 +22,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ig2._attribution import PathModel
+from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT, PathModel
 from captum_ig2._common import slice_args
 from captum_ig2._path import Forward, target_output
 from captum_ig2.guided_ig import GuidedIG
@@ -232,13 +232,17 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         *,
         return_convergence_delta: Literal[True],
         attribute_to_layer_input: bool = False,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> tuple[LayerAttributions, Tensor]: ...
 
@@ -250,12 +254,16 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
         attribute_to_layer_input: bool = False,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> LayerAttributions: ...
 
@@ -267,12 +275,16 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> LayerAttributions | tuple[LayerAttributions, Tensor]:
         r"""
@@ -294,8 +306,8 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         """
         result = self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, method,
-            internal_batch_size, step_size, clamp, show_progress,
-            record=False, need_delta=return_convergence_delta,
+            internal_batch_size, step_size, clamp, nodes, epsrel, epsabs, limit, show_progress,
+            record=False,
             attribute_to_layer_input=attribute_to_layer_input,
         )  # fmt: skip
         if return_convergence_delta:
@@ -344,11 +356,15 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         *,
         return_convergence_delta: Literal[True],
         attribute_to_layer_input: bool = False,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> tuple[LayerAttributions, Tensor]: ...
 
@@ -362,10 +378,14 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
         attribute_to_layer_input: bool = False,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> LayerAttributions: ...
 
@@ -379,10 +399,14 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> LayerAttributions | tuple[LayerAttributions, Tensor]:
         r"""
@@ -402,8 +426,8 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         """
         result = self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, show_progress,
-            record=False, need_delta=return_convergence_delta,
+            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            record=False,
             attribute_to_layer_input=attribute_to_layer_input,
         )  # fmt: skip
         if return_convergence_delta:

@@ -20,7 +20,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ig2._attribution import PathModel
+from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT, PathModel
 from captum_ig2._path import Capture, Explain, model_forward, scalar_per_example
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
@@ -158,13 +158,17 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         baselines: BaselineType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         *,
         return_convergence_delta: Literal[True],
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
@@ -176,12 +180,16 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         baselines: BaselineType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         return_convergence_delta: Literal[False] = False,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
@@ -193,12 +201,16 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         baselines: BaselineType = None,
         additional_forward_args: Any = None,
         n_steps: int = 50,
-        method: str = "riemann_trapezoid",
+        method: str = IG2_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         return_convergence_delta: bool = False,
         step_size: float | None = None,
         clamp: Any = None,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""
@@ -218,8 +230,8 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         """
         result = self._compute(
             inputs, baselines, None, additional_forward_args, n_steps, method,
-            internal_batch_size, step_size, clamp, show_progress,
-            record=False, need_delta=return_convergence_delta,
+            internal_batch_size, step_size, clamp, nodes, epsrel, epsabs, limit, show_progress,
+            record=False,
             neuron_selector=neuron_selector, attribute_to_neuron_input=attribute_to_neuron_input,
         )  # fmt: skip
         if return_convergence_delta:
@@ -267,11 +279,15 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         *,
         return_convergence_delta: Literal[True],
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
@@ -285,10 +301,14 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         return_convergence_delta: Literal[False] = False,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
@@ -302,10 +322,14 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         n_steps: int = 200,
         fraction: float = 0.25,
         max_dist: float = 0.02,
-        method: str = "riemann_trapezoid",
+        method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         return_convergence_delta: bool = False,
+        nodes: int | None = None,
+        epsrel: float | None = EPSREL,
+        epsabs: float = 0.0,
+        limit: int = LIMIT,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""
@@ -317,8 +341,8 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         """
         result = self._compute(
             inputs, baselines, None, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, show_progress,
-            record=False, need_delta=return_convergence_delta,
+            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            record=False,
             neuron_selector=neuron_selector, attribute_to_neuron_input=attribute_to_neuron_input,
         )  # fmt: skip
         if return_convergence_delta:

@@ -101,3 +101,61 @@ def pair_guided_ig(
         return torch.stack(results)
     finally:
         guided_ig.np = np
+
+
+# Textbook nodes and weights on [0, 1] of the rules with n nodes, written out independently of
+# the package: left, right and middle Riemann sums, the trapezoid rule on n points, and the
+# 2- and 3-point Gauss-Legendre rules.
+def rule_table(method: str, n: int) -> tuple[list[float], list[float]]:
+    if method == "riemann_left":
+        return [j / n for j in range(n)], [1 / n] * n
+    if method == "riemann_right":
+        return [(j + 1) / n for j in range(n)], [1 / n] * n
+    if method == "riemann_middle":
+        return [(j + 0.5) / n for j in range(n)], [1 / n] * n
+    if method == "riemann_trapezoid":
+        weights = [1 / (n - 1)] * n
+        weights[0] = weights[-1] = 0.5 / (n - 1)
+        return [j / (n - 1) for j in range(n)], weights
+    if method == "gausslegendre" and n == 2:
+        h = 0.5 / np.sqrt(3.0)
+        return [0.5 - h, 0.5 + h], [0.5, 0.5]
+    if method == "gausslegendre" and n == 3:
+        h = 0.5 * np.sqrt(0.6)
+        return [0.5 - h, 0.5, 0.5 + h], [5 / 18, 8 / 18, 5 / 18]
+    raise ValueError(f"no table for {method} with {n} nodes")
+
+
+def output_gradient(f: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor):  # type: ignore[no-untyped-def]
+    """f and grad f at one point (no batch dimension)."""
+    p = point.detach().clone().requires_grad_(True)
+    value = f(p.unsqueeze(0)).reshape(())
+    (grad,) = torch.autograd.grad(value, p)
+    return value.detach(), grad
+
+
+def polyline_quadrature(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    points: torch.Tensor,
+    alphas: list[float],
+    weights: list[float],
+) -> torch.Tensor:
+    """The rule applied to every segment of a polyline ``points`` (T + 1, *F), one node at a
+    time: sum_k (x_k+1 - x_k) * sum_j w_j grad f(x_k + alpha_j (x_k+1 - x_k))."""
+    total = torch.zeros_like(points[0])
+    for a, b in itertools.pairwise(points):
+        for alpha, w in zip(alphas, weights):
+            _, grad = output_gradient(f, a + alpha * (b - a))
+            total += w * (b - a) * grad
+    return total
+
+
+def idgi_reference(f: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+    """IDGI (Yang, Wang & Bilen, CVPR 2023, Algorithm 1) along the points of a path (T + 1, *F):
+    sum_k (f(x_k+1) - f(x_k)) * g_k^2 / sum(g_k^2), g_k = grad f(x_k)."""
+    total = torch.zeros_like(points[0])
+    for a, b in itertools.pairwise(points):
+        fa, grad = output_gradient(f, a)
+        fb, _ = output_gradient(f, b)
+        total += (fb - fa) * grad**2 / (grad**2).sum()
+    return total

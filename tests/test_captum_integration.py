@@ -103,15 +103,25 @@ def test_a_swapped_gradient_func_is_used_and_agrees(cls, cnn: SmallCNN) -> None:
         return compute_gradients(forward_fn, inputs, target_ind, additional_forward_args)
 
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
-    kwargs = dict(target=1, n_steps=6, return_convergence_delta=True)
+    kwargs = dict(
+        target=1, n_steps=6, return_convergence_delta=True, method="gausslegendre", epsrel=None
+    )
     method = cls(cnn)
     expected, expected_delta = method.attribute(x, **kwargs)
     method.gradient_func = counting_gradients
     got, delta = method.attribute(x, **kwargs)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(delta, expected_delta)
-    # One output gradient per point (7 with the trapezoid's last), plus IG2's 6 distance ones.
-    assert len(calls) == (13 if cls is IterativeGradientIG else 7)
+    # Per step one gradient at the path point (IG2's distance, Guided IG's output) and one
+    # batch of Gauss-Legendre nodes on the segment.
+    assert len(calls) == 12
+    # With refinement, too, the swapped function sees every evaluation and agrees.
+    calls.clear()
+    refine = dict(target=1, n_steps=6, method="riemann_middle", epsrel=1e-5, limit=64)
+    refined = method.attribute(x, **refine)
+    assert len(calls) > 12
+    method.gradient_func = compute_gradients
+    torch.testing.assert_close(refined, method.attribute(x, **refine))
 
 
 def test_representation_layer_hook_is_removed_after_success_and_error(cnn: SmallCNN) -> None:

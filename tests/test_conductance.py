@@ -16,7 +16,15 @@ METHODS = {
     "guided_ig": lambda model: GuidedIG(model),
 }
 each = pytest.mark.parametrize("name", list(METHODS))
-rules = pytest.mark.parametrize("rule", ["riemann_left", "riemann_trapezoid"])
+# The papers' rule and the trapezoid without refinement, Gauss-Legendre refined to the default
+# tolerance, and the midpoint rule refined to a tight one: conductance follows the same nodes.
+RULES = {
+    "left": dict(method="riemann_left", epsrel=None),
+    "trapezoid": dict(method="riemann_trapezoid", epsrel=None),
+    "gausslegendre": dict(method="gausslegendre"),
+    "middle_refined": dict(method="riemann_middle", epsrel=1e-5, limit=64),
+}
+rules = pytest.mark.parametrize("rule", list(RULES))
 
 
 def quarter_region() -> torch.Tensor:
@@ -29,7 +37,7 @@ def quarter_region() -> torch.Tensor:
 @rules
 def test_conductance_sums_to_the_region_attribution(name: str, rule: str, cnn: SmallCNN) -> None:
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
-    kwargs = dict(target=2, n_steps=12, method=rule)
+    kwargs = dict(target=2, n_steps=12, **RULES[rule])
     if name == "ig2":
         kwargs.update(baselines=torch.rand(2, 1, 8, 8, dtype=torch.float64), clamp=(0.0, 1.0))
     method = METHODS[name](cnn)
@@ -55,10 +63,9 @@ def test_conductance_equals_a_jacobian_oracle(name: str) -> None:
     x = torch.rand(2, 4, dtype=torch.float64)
     region = torch.tensor([[1.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
     method = METHODS[name](model)
-    path = method.path(x, target=1, n_steps=6, method="riemann_left")
-    conductance = LayerPathConductance(method, lower).attribute(
-        x, target=1, n_steps=6, method="riemann_left", region=region
-    )
+    kwargs = dict(target=1, n_steps=6, method="riemann_left", epsrel=None)
+    path = method.path(x, **kwargs)
+    conductance = LayerPathConductance(method, lower).attribute(x, region=region, **kwargs)
     expected = torch.zeros(2, path.points.shape[2], 5, dtype=torch.float64)
     for a, b in itertools.pairwise(path.points):
         for i, r in itertools.product(range(2), range(path.points.shape[2])):
@@ -79,11 +86,12 @@ def test_conductance_is_computed_once_per_point_not_per_neuron(cnn: SmallCNN) ->
         return cnn(x)
 
     LayerPathConductance(GuidedIG(counting), cnn.features[0]).attribute(
-        torch.rand(2, 1, 8, 8, dtype=torch.float64), target=0, n_steps=5, method="riemann_left"
-    )
-    # 5 engine evaluations (left rule: no gradient at the input) + 5 forward-mode products,
-    # whatever the layer's 4 x 8 x 8 neurons.
-    assert calls["n"] == 10
+        torch.rand(2, 1, 8, 8, dtype=torch.float64), target=0, n_steps=5, method="riemann_left",
+        epsrel=None,
+    )  # fmt: skip
+    # 6 path points + one batch of forward-mode products per segment's node (5), whatever
+    # the layer's 4 x 8 x 8 neurons.
+    assert calls["n"] == 11
 
 
 def test_delta_reports_the_gap_to_the_attribution(cnn: SmallCNN) -> None:

@@ -37,7 +37,7 @@ def test_guided_ig_equals_pair_reference_on_cnn(fraction: float, max_dist: float
     expected = pair_guided_ig(net, x, baseline, 2, 20, fraction, max_dist)
     ours = GuidedIG(net).attribute(
         x, baseline, target=2, n_steps=20, fraction=fraction, max_dist=max_dist,
-        method="riemann_left",
+        method="riemann_left", nodes=1, epsrel=None,
     )  # fmt: skip
     torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-12)
 
@@ -52,14 +52,16 @@ def test_guided_ig_equals_pair_reference_with_tied_gradients(fraction: float, ma
     expected = pair_guided_ig(net, x, baseline, 1, 25, fraction, max_dist)
     ours = GuidedIG(net).attribute(
         x, baseline, target=1, n_steps=25, fraction=fraction, max_dist=max_dist,
-        method="riemann_left",
+        method="riemann_left", nodes=1, epsrel=None,
     )  # fmt: skip
     torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_guided_ig_max_dist_zero_equals_ig(cnn: nn.Module) -> None:
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
-    ours = GuidedIG(cnn).attribute(x, target=1, n_steps=30, max_dist=0.0, method="riemann_left")
+    ours = GuidedIG(cnn).attribute(
+        x, target=1, n_steps=30, max_dist=0.0, method="riemann_left", epsrel=None
+    )
     ig = IntegratedGradients(cnn).attribute(x, target=1, n_steps=30, method="riemann_left")
     # Captum scales its Riemann weights in float32.
     torch.testing.assert_close(ours, ig, rtol=1e-5, atol=1e-7)

@@ -16,7 +16,7 @@ def test_ig2_equals_plain_reference_implementation(cnn: SmallCNN) -> None:
     ig2 = IterativeGradientIG(cnn)
     path = ig2.path(
         x, references, target=1, n_steps=15, step_size=0.2, clamp=(0.0, 1.0),
-        method="riemann_left",
+        method="riemann_left", nodes=1, epsrel=None,
     )  # fmt: skip
     for i in range(3):
         expected, gradcf = ig2_reference(cnn, x[i], references, 1, 15, 0.2, (0.0, 1.0))
@@ -29,7 +29,7 @@ def test_ig2_with_representation_layer_equals_plain_reference(cnn: SmallCNN) -> 
     references = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     attributions = IterativeGradientIG(cnn, representation_layer=cnn.features).attribute(
         x, references, target=0, n_steps=12, step_size=0.3, clamp=(0.0, 1.0),
-        method="riemann_left",
+        method="riemann_left", nodes=1, epsrel=None,
     )  # fmt: skip
     for i in range(2):
         expected, _ = ig2_reference(

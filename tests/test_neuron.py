@@ -47,7 +47,7 @@ def test_neuron_guided_ig_with_max_dist_zero_equals_captum_neuron_ig(cnn: SmallC
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     selector = (2, slice(0, 2), slice(1, 3))  # a slice selection: the neurons are summed
     ours = NeuronGuidedIG(cnn, cnn.features[0]).attribute(
-        x, selector, n_steps=20, max_dist=0.0, method="riemann_left"
+        x, selector, n_steps=20, max_dist=0.0, method="riemann_left", epsrel=None
     )
     captum = NeuronIntegratedGradients(cnn, cnn.features[0]).attribute(
         x, selector, n_steps=20, method="riemann_left"

@@ -1,0 +1,569 @@
+"""Quadrature along the segments of a path: the rules, adaptive refinement, and IDGI.
+
+A path is a polyline x_0 -> x_1 -> ... -> x_T. The attribution of segment k is the line integral
+
+    A_k = (x_k+1 - x_k) * integral_0^1 grad f(x_k + t (x_k+1 - x_k)) dt           (per feature)
+
+whose sum over the features is exactly f(x_k+1) - f(x_k) (the gradient theorem). A rule
+approximates the integral with nodes t_j and weights w_j on [0, 1]. The engine evaluates f at
+every path point anyway, so the error of the rule's sum, the **residual**
+
+    r_k = f(x_k+1) - f(x_k) - sum_i (A_k)_i,
+
+is known exactly, and the completeness error of the whole path is -sum_k r_k. Where a segment's
+residual exceeds its share of the tolerance, the segment is bisected and the rule applied to each
+half (f at the split point comes with the evaluation there), recursively, as SciPy's ``quad``
+refines its subintervals, until every piece meets its share or the segment holds ``limit``
+pieces. All paths of a call are refined together: every level of refinement is one batched
+evaluation of all the nodes it needs.
+
+IDGI (Yang, Wang & Bilen, CVPR 2023) is a rule of another kind: it splits the exact output change
+of each piece over the features in proportion to g_i^2 / ||g||^2, g the gradient at the piece's
+left node, so it is complete by construction and needs no refinement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Captum's integral approximation methods, here applied per path segment, and IDGI.
+METHODS = (
+    "gausslegendre",
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "riemann_trapezoid",
+    "idgi",
+)
+
+#: The number of nodes per segment that each method takes by default.
+DEFAULT_NODES = {
+    "gausslegendre": 5,
+    "riemann_left": 1,
+    "riemann_right": 1,
+    "riemann_middle": 1,
+    "riemann_trapezoid": 3,
+    "idgi": 1,
+}
+
+# evaluate(points, paths) -> (f, grad): f (B,) and the gradient of f at B points, row b of which
+# lies on path paths[b]; B is at most the chunk size the quadrature was given.
+Evaluate = Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, tuple[Tensor, ...]]]
+# observer(start, direction, node_paths, node_t, node_weights): the nodes (with their weights,
+# interval lengths included) of every accepted piece, t measured along the segment from start.
+NodeObserver = Callable[[tuple[Tensor, ...], tuple[Tensor, ...], Tensor, Tensor, Tensor], None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Nodes ``alphas`` in [0, 1] and ``weights`` (summing to 1) of a rule on one interval."""
+
+    method: str
+    alphas: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    @property
+    def uses_start(self) -> bool:
+        """The rule has a node at the start of the interval (its gradient is reused)."""
+        return self.alphas[0] == 0.0
+
+    @property
+    def uses_end(self) -> bool:
+        """The rule has a node at the end of the interval (its gradient is reused)."""
+        return self.alphas[-1] == 1.0
+
+    @property
+    def nodes(self) -> int:
+        return len(self.alphas)
+
+
+def make_rule(method: str, nodes: int) -> Rule:
+    """The rule ``method`` with ``nodes`` nodes on [0, 1], in float64.
+
+    The Riemann rules place their nodes as Captum's do (left: j/n, right: (j+1)/n, middle:
+    (j+1/2)/n, trapezoid: n points j/(n-1) from 0 to 1), with weights that sum to 1; Gauss-Legendre
+    takes NumPy's ``leggauss``. IDGI takes the left nodes j/n, each starting a piece of length 1/n.
+    """
+    n = nodes
+    if method == "gausslegendre":
+        points, weights = np.polynomial.legendre.leggauss(n)
+        return Rule(method, tuple((points + 1.0) / 2.0), tuple(weights / 2.0))
+    if method == "riemann_trapezoid":
+        alphas = tuple(j / (n - 1) for j in range(n))
+        weights = tuple((0.5 if j in (0, n - 1) else 1.0) / (n - 1) for j in range(n))
+        return Rule(method, alphas, weights)
+    offset = {"riemann_left": 0.0, "idgi": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
+    alphas = tuple((j + offset[method]) / n for j in range(n))
+    return Rule(method, alphas, (1.0 / n,) * n)
+
+
+@dataclass
+class Point:
+    """A path point of every path: its coordinates, f there, and grad f where it was taken."""
+
+    x: tuple[Tensor, ...]
+    value: Tensor
+    grad: tuple[Tensor, ...] | None
+
+
+@dataclass
+class SegmentIntegral:
+    """The quadrature of one segment for every path."""
+
+    integral: tuple[Tensor, ...]  # per feature, (P, ...) per input tensor
+    residual: Tensor  # (P,): f(end) - f(start) - sum(integral), summed over accepted pieces
+    evaluations: Tensor  # (P,) int64 on the CPU: gradient evaluations at nodes
+    pieces: Tensor  # (P,) int64 on the CPU: the pieces the segment was integrated in
+
+
+def _rows(x: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
+    return tuple(t[index.to(t.device)] for t in x)
+
+
+def _times(values: Tensor, like: Tensor) -> Tensor:
+    """``values`` (B,) broadcast against ``like`` (B, ...)."""
+    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def _per_row_sum(x: tuple[Tensor, ...]) -> Tensor:
+    return sum(t.reshape(t.shape[0], -1).sum(dim=1) for t in x)  # type: ignore[return-value]
+
+
+@dataclass
+class _Pieces:
+    """The open pieces [lo, hi] of the segments of all paths (``paths``: the path of each):
+    f at both ends, and the gradients there for rules with nodes at the ends."""
+
+    paths: Tensor  # (B,) int64, CPU
+    lo: Tensor  # (B,) float64, CPU
+    hi: Tensor
+    f_lo: Tensor  # (B,), on the paths' device
+    f_hi: Tensor
+    g_lo: tuple[Tensor, ...] | None
+    g_hi: tuple[Tensor, ...] | None
+
+    def bisect(self, parent: Tensor, f_mid: Tensor, g_mid: tuple[Tensor, ...] | None) -> _Pieces:
+        """The halves (lo, mid) and (mid, hi) of pieces ``parent``, in this order, given f and
+        the gradient at their middles."""
+
+        def pairs(first: Tensor, second: Tensor) -> Tensor:
+            return torch.stack([first, second], dim=1).flatten(0, 1)
+
+        def grads(outer: tuple[Tensor, ...] | None, left: bool) -> tuple[Tensor, ...] | None:
+            if outer is None:
+                return None
+            assert g_mid is not None
+            ends = _rows(outer, parent)
+            return tuple(pairs(e, m) if left else pairs(m, e) for e, m in zip(ends, g_mid))
+
+        mid = (self.lo[parent] + self.hi[parent]) / 2.0
+        on = parent.to(self.f_lo.device)
+        return _Pieces(
+            paths=self.paths[parent].repeat_interleave(2),
+            lo=pairs(self.lo[parent], mid),
+            hi=pairs(mid, self.hi[parent]),
+            f_lo=pairs(self.f_lo[on], f_mid),
+            f_hi=pairs(f_mid, self.f_hi[on]),
+            g_lo=grads(self.g_lo, left=True),
+            g_hi=grads(self.g_hi, left=False),
+        )
+
+
+class Quadrature:
+    """Integrates the explained output's gradient along one segment of every path, segment after
+    segment, refining where the residuals ask for it.
+
+    With a tolerance tol (per path), two conditions decide which pieces are bisected:
+
+    1. every segment keeps a residual of at most tol / sqrt(T), and a piece of relative length
+       h at most h * tol / sqrt(T). On a real network the residuals of the segments are mostly
+       the noise of sampling a gradient that changes at every step (shattered gradients): they
+       differ in sign and add up like a random walk, so T of them add up to about tol.
+    2. the running completeness error after segment k, the sum of the residuals so far, stays
+       within half the same random walk's envelope, tol * sqrt((k + 1) / T) / 2 (half, to
+       leave the final check a margin). Where the residuals do not cancel (a smooth model, whose
+       rule errors share a sign), this refines the pieces that push the running error out of
+       its envelope, largest first.
+
+    Both only ever add refinement; the call checks the path's real error at the end.
+
+    Args:
+        rule: the rule applied to every piece of a segment.
+        tolerance: tol, the completeness tolerance of every path, shape (P,); None: no
+            refinement.
+        n_steps: T, the number of segments of the paths.
+        limit: the most pieces a segment is split into.
+        chunk_size: at most this many points are evaluated at once (None: all at once).
+    """
+
+    def __init__(
+        self,
+        rule: Rule,
+        tolerance: Tensor | None,
+        n_steps: int,
+        limit: int,
+        chunk_size: int | None,
+    ) -> None:
+        self.rule = rule
+        self.tolerance = None if tolerance is None else tolerance.double().cpu().numpy()
+        self.n_steps = n_steps
+        self.limit = limit
+        self.chunk_size = chunk_size
+        self._segment = 0  # the index k of the segment integrated next
+        self._running: np.ndarray | None = None  # the sum of the residuals so far, per path
+        interior = [j for j, a in enumerate(rule.alphas) if 0.0 < a < 1.0]
+        self._interior_alphas = torch.tensor(
+            [rule.alphas[j] for j in interior], dtype=torch.float64
+        )
+        self._interior_weights = torch.tensor(
+            [rule.weights[j] for j in interior], dtype=torch.float64
+        )
+        # A node at the middle of a piece gives f (and the gradient) at the point a bisection
+        # needs, so no extra evaluation is spent there.
+        self._half = next((i for i, j in enumerate(interior) if rule.alphas[j] == 0.5), None)
+
+    @property
+    def uses_start(self) -> bool:
+        return self.rule.uses_start
+
+    @property
+    def uses_end(self) -> bool:
+        return self.rule.uses_end and self.rule.method != "idgi"
+
+    def integrate(
+        self, start: Point, end: Point, evaluate: Evaluate, observer: NodeObserver | None = None
+    ) -> SegmentIntegral:
+        """The integral of the next segment, from ``start`` to ``end``, of every path."""
+        if self.rule.method == "idgi":
+            segment = self._idgi(start, end, evaluate)
+        else:
+            segment = self._adaptive(start, end, evaluate, observer)
+        if self.tolerance is not None:
+            residual = segment.residual.double().cpu().numpy()
+            self._running = residual if self._running is None else self._running + residual
+        self._segment += 1
+        return segment
+
+    # -- evaluation of a table of points along the segment ---------------------------------------
+    def _evaluate_table(
+        self,
+        start: tuple[Tensor, ...],
+        direction: tuple[Tensor, ...],
+        paths: Tensor,
+        t: Tensor,
+        evaluate: Evaluate,
+        visit: Callable[[slice, Tensor, tuple[Tensor, ...]], None],
+    ) -> None:
+        """Evaluates f and its gradient at start[paths] + t * direction[paths], chunk by chunk;
+        ``visit(rows, f, grad)`` consumes each chunk, so memory holds one chunk at a time."""
+        n = paths.numel()
+        size = n if self.chunk_size is None else self.chunk_size
+        for a in range(0, n, max(size, 1)):
+            rows = slice(a, min(a + size, n))
+            p = paths[rows]
+            points = tuple(
+                s + _times(t[rows], s) * dv for s, dv in zip(_rows(start, p), _rows(direction, p))
+            )
+            value, grad = evaluate(points, p)
+            visit(rows, value, grad)
+
+    # -- rules with adaptive bisection ------------------------------------------------------------
+    def _adaptive(
+        self, start: Point, end: Point, evaluate: Evaluate, observer: NodeObserver | None
+    ) -> SegmentIntegral:
+        n_paths = start.value.shape[0]
+        direction = tuple(b - a for a, b in zip(start.x, end.x))
+        total = tuple(torch.zeros_like(t) for t in start.x)
+        residual = torch.zeros_like(start.value)
+        evaluations = torch.zeros(n_paths, dtype=torch.long)
+        count = torch.ones(n_paths, dtype=torch.long)  # pieces of every path's segment
+        kept = np.zeros(n_paths)  # the residuals of this segment's accepted pieces, per path
+        pieces = _Pieces(
+            paths=torch.arange(n_paths),
+            lo=torch.zeros(n_paths, dtype=torch.float64),
+            hi=torch.ones(n_paths, dtype=torch.float64),
+            f_lo=start.value,
+            f_hi=end.value,
+            g_lo=start.grad if self.rule.uses_start else None,
+            g_hi=end.grad if self.rule.uses_end else None,
+        )
+        while True:
+            estimate, half = self._estimate(pieces, start.x, direction, evaluate, evaluations)
+            r = pieces.f_hi - pieces.f_lo - _per_row_sum(estimate)
+            split = self._to_split(r, pieces, count, kept)
+            accepted = torch.nonzero(~split).flatten()
+            into = pieces.paths[accepted].to(residual.device)
+            for acc, e in zip(total, estimate):
+                acc.index_add_(0, into, e[accepted.to(e.device)])
+            residual.index_add_(0, into, r[accepted.to(r.device)])
+            if observer is not None and accepted.numel():
+                self._observe(observer, start.x, direction, pieces, accepted)
+            if not bool(split.any()):
+                return SegmentIntegral(total, residual, evaluations, count)
+            parent = torch.nonzero(split).flatten()
+            count.index_add_(0, pieces.paths[parent], torch.ones_like(parent))
+            if half is None:  # f (and the gradient) at the split points are still unknown
+                half = self._evaluate_points(pieces, parent, start.x, direction, evaluate)
+                evaluations.index_add_(0, pieces.paths[parent], torch.ones_like(parent))
+            else:
+                half = (half[0][parent.to(half[0].device)],
+                        None if half[1] is None else _rows(half[1], parent))  # fmt: skip
+            pieces = pieces.bisect(parent, *half)
+
+    def _estimate(
+        self,
+        pieces: _Pieces,
+        start: tuple[Tensor, ...],
+        direction: tuple[Tensor, ...],
+        evaluate: Evaluate,
+        evaluations: Tensor,
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, tuple[Tensor, ...] | None] | None]:
+        """The rule's estimate of every piece, per feature, with one evaluation of all interior
+        nodes; also f (and the gradient, for rules with end nodes) at the pieces' middles when
+        the rule has a node there."""
+        rule = self.rule
+        n_open, n_interior = pieces.paths.numel(), self._interior_alphas.numel()
+        width = pieces.hi - pieces.lo
+        node_piece = torch.arange(n_open).repeat_interleave(n_interior)
+        node_t = pieces.lo[node_piece] + self._interior_alphas.repeat(n_open) * width[node_piece]
+        node_w = self._interior_weights.repeat(n_open) * width[node_piece]
+        weighted = tuple(
+            torch.zeros((n_open, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in start
+        )
+        values: list[Tensor] = []
+        half_grads: list[tuple[Tensor, ...]] = []
+        keep_half_grad = self._half is not None and (rule.uses_start or rule.uses_end)
+
+        def visit(rows: slice, value: Tensor, grad: tuple[Tensor, ...]) -> None:
+            piece = node_piece[rows]
+            for acc, g in zip(weighted, grad):
+                acc.index_add_(0, piece.to(g.device), g * _times(node_w[rows], g))
+            values.append(value)
+            if keep_half_grad:
+                at_half = torch.arange(rows.start, rows.stop) % n_interior == self._half
+                half_grads.append(_rows(grad, torch.nonzero(at_half).flatten()))
+
+        self._evaluate_table(start, direction, pieces.paths[node_piece], node_t, evaluate, visit)
+        evaluations.index_add_(0, pieces.paths[node_piece], torch.ones_like(node_piece))
+        if pieces.g_lo is not None:
+            for acc, g in zip(weighted, pieces.g_lo):
+                acc.add_(g * _times(width * rule.weights[0], g))
+        if pieces.g_hi is not None:
+            for acc, g in zip(weighted, pieces.g_hi):
+                acc.add_(g * _times(width * rule.weights[-1], g))
+        estimate = tuple(acc * d for acc, d in zip(weighted, _rows(direction, pieces.paths)))
+        half = None
+        if self._half is not None:
+            f_half = torch.cat(values).view(n_open, n_interior)[:, self._half]
+            g_half = (
+                tuple(torch.cat(parts) for parts in zip(*half_grads)) if keep_half_grad else None
+            )
+            half = (f_half, g_half)
+        return estimate, half
+
+    def _evaluate_points(
+        self,
+        pieces: _Pieces,
+        parent: Tensor,
+        start: tuple[Tensor, ...],
+        direction: tuple[Tensor, ...],
+        evaluate: Evaluate,
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """f (and the gradient, for rules with end nodes) at the middles of pieces ``parent``."""
+        values: list[Tensor] = []
+        grads: list[tuple[Tensor, ...]] = []
+
+        def visit(rows: slice, value: Tensor, grad: tuple[Tensor, ...]) -> None:
+            values.append(value)
+            grads.append(grad)
+
+        mid = (pieces.lo[parent] + pieces.hi[parent]) / 2.0
+        self._evaluate_table(start, direction, pieces.paths[parent], mid, evaluate, visit)
+        keep_grad = self.rule.uses_start or self.rule.uses_end
+        return torch.cat(values), (
+            tuple(torch.cat(parts) for parts in zip(*grads)) if keep_grad else None
+        )
+
+    def _to_split(self, r: Tensor, pieces: _Pieces, count: Tensor, kept: np.ndarray) -> Tensor:
+        """Which pieces are bisected (a bool CPU tensor), by the two conditions of the class
+        docstring, per path the worst first, while the segment holds fewer than ``limit``
+        pieces. Adds the residuals of the pieces it accepts to ``kept``."""
+        n_open = pieces.paths.numel()
+        if self.tolerance is None:
+            return torch.zeros(n_open, dtype=torch.bool)
+        paths = pieces.paths.numpy()
+        residual = r.double().cpu().numpy()  # the one sync per level: which pieces to bisect
+        tol = self.tolerance[paths]
+        # 1. Each piece's share of the segment's tolerance.
+        allowed = tol * (pieces.hi - pieces.lo).numpy() / math.sqrt(self.n_steps)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero tolerance
+            ratio = np.abs(residual) / allowed
+        over = ~(ratio <= 1.0)  # NaN counts as over
+        # 2. The running error's envelope after this segment.
+        running = np.zeros(len(kept)) if self._running is None else self._running
+        total = running + kept + np.bincount(paths, residual, minlength=len(kept))
+        envelope = 0.5 * self.tolerance * math.sqrt((self._segment + 1) / self.n_steps)
+        excess = np.abs(total) - envelope
+        if (excess > 0).any():
+            over |= self._offenders(residual, paths, np.sign(total), np.maximum(excess, 0.0))
+        split = self._within_budget(over, ratio, paths, count.numpy())
+        np.add.at(kept, paths[~split], residual[~split])
+        return torch.from_numpy(split)
+
+    @staticmethod
+    def _offenders(
+        residual: np.ndarray, paths: np.ndarray, sign: np.ndarray, excess: np.ndarray
+    ) -> np.ndarray:
+        """Per path, the fewest pieces whose residuals, of the sign of the running error and
+        largest first, add up to its excess over the envelope."""
+        pushing = np.sign(residual) == sign[paths]
+        size = np.where(pushing, np.abs(residual), 0.0)
+        order = np.lexsort((-size, paths))
+        sorted_paths, sorted_size = paths[order], size[order]
+        cumulative = np.cumsum(sorted_size)
+        first = np.searchsorted(sorted_paths, sorted_paths, side="left")
+        before = cumulative - sorted_size - np.where(first > 0, cumulative[first - 1], 0.0)
+        chosen = np.zeros(len(residual), dtype=bool)
+        chosen[order] = (sorted_size > 0) & (before < excess[sorted_paths])
+        return chosen
+
+    def _within_budget(
+        self, over: np.ndarray, ratio: np.ndarray, paths: np.ndarray, count: np.ndarray
+    ) -> np.ndarray:
+        """Of the pieces ``over``, those each path may still bisect within ``limit``, the worst
+        ratio first."""
+        if not over.any():
+            return over
+        room = (self.limit - count)[paths]  # bisections each path may still make
+        order = np.lexsort((-np.where(over, np.nan_to_num(ratio, nan=np.inf), -1.0), paths))
+        ranked = np.cumsum(over[order])  # 1, 2, ... over the pieces to split, per path below
+        sorted_paths = paths[order]
+        first = np.searchsorted(sorted_paths, sorted_paths, side="left")
+        rank = ranked - np.where(first > 0, ranked[first - 1], 0)
+        allowed = np.zeros(len(over), dtype=bool)
+        allowed[order] = over[order] & (rank <= room[order])
+        return allowed
+
+    def _observe(
+        self,
+        observer: NodeObserver,
+        start: tuple[Tensor, ...],
+        direction: tuple[Tensor, ...],
+        pieces: _Pieces,
+        accepted: Tensor,
+    ) -> None:
+        alphas = torch.tensor(self.rule.alphas, dtype=torch.float64)
+        weights = torch.tensor(self.rule.weights, dtype=torch.float64)
+        piece = accepted.repeat_interleave(alphas.numel())
+        width = (pieces.hi - pieces.lo)[piece]
+        t = pieces.lo[piece] + alphas.repeat(accepted.numel()) * width
+        observer(start, direction, pieces.paths[piece], t, weights.repeat(accepted.numel()) * width)
+
+    # -- IDGI ---------------------------------------------------------------------------------
+    def _idgi(self, start: Point, end: Point, evaluate: Evaluate) -> SegmentIntegral:
+        """IDGI on the pieces [j/n, (j+1)/n] of the segment, with the gradient at each left node:
+        piece j adds (f(t_j+1) - f(t_j)) * g_j^2 / ||g_j||^2, g_j = grad f(t_j)."""
+        n = self.rule.nodes
+        n_paths = start.value.shape[0]
+        direction = tuple(b - a for a, b in zip(start.x, end.x))
+        values = [start.value]
+        grads: list[tuple[Tensor, ...]] = []
+        assert start.grad is not None
+        grads.append(start.grad)
+        evaluations = torch.zeros(n_paths, dtype=torch.long)
+        if n > 1:
+            paths = torch.arange(n_paths).repeat(n - 1)
+            t = torch.arange(1, n, dtype=torch.float64).repeat_interleave(n_paths) / n
+            table_f: list[Tensor] = []
+            table_g: list[tuple[Tensor, ...]] = []
+
+            def visit(rows: slice, value: Tensor, grad: tuple[Tensor, ...]) -> None:
+                table_f.append(value)
+                table_g.append(grad)
+
+            self._evaluate_table(start.x, direction, paths, t, evaluate, visit)
+            evaluations += n - 1
+            f_nodes = torch.cat(table_f).view(n - 1, n_paths)
+            g_nodes = tuple(torch.cat(parts) for parts in zip(*table_g))
+            for j in range(n - 1):
+                values.append(f_nodes[j])
+                grads.append(tuple(g[j * n_paths : (j + 1) * n_paths] for g in g_nodes))
+        values.append(end.value)
+        total = tuple(torch.zeros_like(t) for t in start.x)
+        residual = torch.zeros_like(start.value)
+        for j in range(n):
+            change = values[j + 1] - values[j]
+            squares = tuple(g * g for g in grads[j])
+            norm = _per_row_sum(squares)
+            # Where the gradient vanishes the change cannot be split; it stays in the residual.
+            safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+            share = torch.where(norm > 0, change / safe, torch.zeros_like(norm))
+            for acc, s in zip(total, squares):
+                acc.add_(s * _times(share, s))
+            residual += torch.where(norm > 0, torch.zeros_like(change), change)
+        return SegmentIntegral(
+            total, residual, evaluations, torch.full((n_paths,), n, dtype=torch.long)
+        )
+
+
+@dataclass(frozen=True)
+class Integration:
+    """How the paths of a call are integrated: the rule and its nodes per segment, the
+    completeness tolerance, and the budget of pieces per segment."""
+
+    method: str
+    nodes: int
+    epsrel: float | None
+    epsabs: float
+    limit: int
+
+    @property
+    def rule(self) -> Rule:
+        return make_rule(self.method, self.nodes)
+
+    @property
+    def refines(self) -> bool:
+        """Whether segments are refined (IDGI is complete by construction)."""
+        return self.epsrel is not None and self.method != "idgi" and self.limit > 1
+
+    @property
+    def uses_start(self) -> bool:
+        return self.rule.uses_start
+
+    @property
+    def uses_end(self) -> bool:
+        return self.rule.uses_end and self.method != "idgi"
+
+    def quadrature(
+        self,
+        start_output: Tensor,
+        heading_output: Tensor | None,
+        n_steps: int,
+        chunk_size: int | None,
+    ) -> Quadrature:
+        """The quadrature of the segments of paths that start at f = ``start_output`` and head
+        for f = ``heading_output`` (which sets the scale of ``epsrel``; needed only where
+        segments are refined) in ``n_steps`` steps."""
+        tolerance = None
+        if self.refines:
+            assert self.epsrel is not None and heading_output is not None
+            scale = (heading_output - start_output).abs()
+            tolerance = self.epsabs + self.epsrel * scale
+        return Quadrature(self.rule, tolerance, n_steps, self.limit, chunk_size)
+
+
+class ConvergenceWarning(UserWarning):
+    """A path integral ended above its completeness tolerance.
+
+    Emitted by ``attribute`` and ``path`` when, for some examples, the convergence delta
+    (the sum of the attributions minus the output difference between the path's ends) is larger
+    than ``epsabs + epsrel * |output difference|``. The message names how many examples missed
+    the tolerance, by how much, and what to raise; ``path(...)`` reports the error and the
+    gradient evaluations of every example.
+    """
