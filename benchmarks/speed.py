@@ -16,6 +16,11 @@ measurements of this run:
 - the engine's overhead per path step beyond the model's own forward and backward passes
   (measured on the same batch in the same run).
 
+IG2 and Guided IG run the papers' estimator here (``method="riemann_left", nodes=1,
+epsrel=None``: one gradient per step, no refinement), the same work as the published procedures
+and as Captum's left Riemann sum, so that the ratios compare engines, not quadratures;
+``convergence.py`` measures what a converged integral costs.
+
 Sizes: a small CNN on 3 x 32 x 32 (``--model small``, the CPU default) and a ResNet-50-sized
 network on 3 x 224 x 224 (``--model resnet50``, random weights, for a GPU); N in {1, 8, 32},
 R in {1, 8}, T in {50, 200}. ``--smoke`` runs tiny sizes in seconds (CI).
@@ -216,10 +221,12 @@ def runner(name: str, model: nn.Module, n: int, r: int, steps: int, size: int,
         # (1, R, ...): one shared set, also when R happens to equal N.
         ref_set = refs.unsqueeze(0) if refs is not None else None
         return lambda: ig2.attribute(x, ref_set, target=0, n_steps=steps, clamp=(0, 1),
-                                     method="riemann_left")  # fmt: skip
+                                     method="riemann_left", nodes=1, epsrel=None)  # fmt: skip
     if name == "guided_ig":
         gig = GuidedIG(model)
-        return lambda: gig.attribute(x, target=0, n_steps=steps, method="riemann_left")
+        return lambda: gig.attribute(
+            x, target=0, n_steps=steps, method="riemann_left", nodes=1, epsrel=None
+        )
     if name == "pair_guided_ig":
         pair, call = pair_guided_ig(), pair_call_model(model)
         xs_np = [xi.cpu().numpy() for xi in x]

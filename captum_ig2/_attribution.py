@@ -39,7 +39,7 @@ QUADRATURE_DOC = """\
             method (str, optional): The quadrature rule applied to every path segment, by
                         Captum's names, ``"gausslegendre"``, ``"riemann_left"``,
                         ``"riemann_right"``, ``"riemann_middle"``, ``"riemann_trapezoid"``,
-                        or ``"idgi"``: IDGI (Yang, Wang & Bilen, CVPR 2023) splits each
+                        or ``"idgi"``: IDGI (Yang, Wang & Bilgic, CVPR 2023) splits each
                         segment's exact output change over the features in proportion to
                         their squared gradient at its start, so it is complete by
                         construction. ``method="riemann_left", nodes=1, epsrel=None`` is the

