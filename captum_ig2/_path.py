@@ -411,13 +411,18 @@ def integrate_path(
     outputs: list[Tensor] = []
     previous: Point | None = None
     start_output = value = torch.empty(0)
+    rule_start, rule_end = integration.uses_start, integration.uses_end
     bar = progress(desc=desc, total=n_steps + 1) if show_progress else None
     try:
         for k in range(n_steps + 1):
             last = k == n_steps
-            uses_start = integration.uses_start and not last
-            uses_end = integration.uses_end and k > 0
-            output_grad = uses_start or uses_end or (step.needs_output_gradient and not last)
+            # The gradient at a path point serves the rule (a node at a segment's start or end)
+            # and the step rule (Guided IG's); IG2's step needs the distance's only.
+            output_grad = (
+                (rule_start and not last)
+                or (rule_end and k > 0)
+                or (step.needs_output_gradient and not last)
+            )
             distance_grad = step.needs_distance_gradient and not last
             value, grad, dist_grad = _evaluate_chunked(
                 function, x, internal_batch_size, True, output_grad, distance_grad

@@ -24,6 +24,7 @@ left node, so it is complete by construction and needs no refinement.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,14 +120,13 @@ class SegmentIntegral:
     integral: tuple[Tensor, ...]  # per feature, (P, ...) per input tensor
     residual: Tensor  # (P,): f(end) - f(start) - sum(integral), summed over accepted pieces
     evaluations: Tensor  # (P,) int64 on the CPU: gradient evaluations at nodes
-    pieces: Tensor  # (P,) int64 on the CPU: the pieces the segment was integrated in
 
 
 def _rows(x: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
     return tuple(t[index.to(t.device)] for t in x)
 
 
-def _times(values: Tensor, like: Tensor) -> Tensor:
+def broadcast_rows(values: Tensor, like: Tensor) -> Tensor:
     """``values`` (B,) broadcast against ``like`` (B, ...)."""
     return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
@@ -228,14 +228,6 @@ class Quadrature:
         # needs, so no extra evaluation is spent there.
         self._half = next((i for i, j in enumerate(interior) if rule.alphas[j] == 0.5), None)
 
-    @property
-    def uses_start(self) -> bool:
-        return self.rule.uses_start
-
-    @property
-    def uses_end(self) -> bool:
-        return self.rule.uses_end and self.rule.method != "idgi"
-
     def integrate(
         self, start: Point, end: Point, evaluate: Evaluate, observer: NodeObserver | None = None
     ) -> SegmentIntegral:
@@ -268,7 +260,8 @@ class Quadrature:
             rows = slice(a, min(a + size, n))
             p = paths[rows]
             points = tuple(
-                s + _times(t[rows], s) * dv for s, dv in zip(_rows(start, p), _rows(direction, p))
+                s + broadcast_rows(t[rows], s) * dv
+                for s, dv in zip(_rows(start, p), _rows(direction, p))
             )
             value, grad = evaluate(points, p)
             visit(rows, value, grad)
@@ -305,7 +298,7 @@ class Quadrature:
             if observer is not None and accepted.numel():
                 self._observe(observer, start.x, direction, pieces, accepted)
             if not bool(split.any()):
-                return SegmentIntegral(total, residual, evaluations, count)
+                return SegmentIntegral(total, residual, evaluations)
             parent = torch.nonzero(split).flatten()
             count.index_add_(0, pieces.paths[parent], torch.ones_like(parent))
             if half is None:  # f (and the gradient) at the split points are still unknown
@@ -343,7 +336,7 @@ class Quadrature:
         def visit(rows: slice, value: Tensor, grad: tuple[Tensor, ...]) -> None:
             piece = node_piece[rows]
             for acc, g in zip(weighted, grad):
-                acc.index_add_(0, piece.to(g.device), g * _times(node_w[rows], g))
+                acc.index_add_(0, piece.to(g.device), g * broadcast_rows(node_w[rows], g))
             values.append(value)
             if keep_half_grad:
                 at_half = torch.arange(rows.start, rows.stop) % n_interior == self._half
@@ -353,10 +346,10 @@ class Quadrature:
         evaluations.index_add_(0, pieces.paths[node_piece], torch.ones_like(node_piece))
         if pieces.g_lo is not None:
             for acc, g in zip(weighted, pieces.g_lo):
-                acc.add_(g * _times(width * rule.weights[0], g))
+                acc.add_(g * broadcast_rows(width * rule.weights[0], g))
         if pieces.g_hi is not None:
             for acc, g in zip(weighted, pieces.g_hi):
-                acc.add_(g * _times(width * rule.weights[-1], g))
+                acc.add_(g * broadcast_rows(width * rule.weights[-1], g))
         estimate = tuple(acc * d for acc, d in zip(weighted, _rows(direction, pieces.paths)))
         half = None
         if self._half is not None:
@@ -505,11 +498,9 @@ class Quadrature:
             safe = torch.where(norm > 0, norm, torch.ones_like(norm))
             share = torch.where(norm > 0, change / safe, torch.zeros_like(norm))
             for acc, s in zip(total, squares):
-                acc.add_(s * _times(share, s))
+                acc.add_(s * broadcast_rows(share, s))
             residual += torch.where(norm > 0, torch.zeros_like(change), change)
-        return SegmentIntegral(
-            total, residual, evaluations, torch.full((n_paths,), n, dtype=torch.long)
-        )
+        return SegmentIntegral(total, residual, evaluations)
 
 
 @dataclass(frozen=True)
@@ -523,7 +514,7 @@ class Integration:
     epsabs: float
     limit: int
 
-    @property
+    @functools.cached_property
     def rule(self) -> Rule:
         return make_rule(self.method, self.nodes)
 
@@ -534,11 +525,13 @@ class Integration:
 
     @property
     def uses_start(self) -> bool:
+        """The rule takes the gradient at a segment's start (reused from the path point)."""
         return self.rule.uses_start
 
     @property
     def uses_end(self) -> bool:
-        return self.rule.uses_end and self.method != "idgi"
+        """The rule takes the gradient at a segment's end (reused from the path point)."""
+        return self.rule.uses_end
 
     def quadrature(
         self,

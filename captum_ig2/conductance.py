@@ -30,7 +30,7 @@ from torch.nn import Module
 from captum_ig2._attribution import mean_over_references, per_example_sum
 from captum_ig2._common import take
 from captum_ig2._path import Capture, PathFunction, chunks
-from captum_ig2._quadrature import _times
+from captum_ig2._quadrature import broadcast_rows
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 from captum_ig2.layer import _LayerPaths
@@ -106,14 +106,15 @@ class _ConductanceObserver:
                 paths = node_paths[rows]
                 tangents = tuple(take(t, paths) for t in tangent)
                 points = tuple(
-                    take(s, paths) + _times(node_t[rows], s) * take(d, paths)
+                    take(s, paths) + broadcast_rows(node_t[rows], s) * take(d, paths)
                     for s, d in zip(start, direction)
                 )
                 weights = node_weights[rows]
                 with torch.enable_grad(), fwAD.dual_level():
                     duals = tuple(
                         fwAD.make_dual(
-                            p.detach().requires_grad_(), (_times(weights, t) * t).contiguous()
+                            p.detach().requires_grad_(),
+                            (broadcast_rows(weights, t) * t).contiguous(),
                         )
                         for p, t in zip(points, tangents)
                     )
