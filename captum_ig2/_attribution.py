@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -13,11 +14,19 @@ from typing import Any, Generic
 
 import captum
 import torch
-from captum._utils.common import _format_output
+from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
 from captum._utils.typing import TensorOrTupleOfTensorsGeneric
 from captum.attr import GradientAttribution
 from torch import Tensor
 
+from captum_ig2._common import (
+    check_inputs,
+    check_integration,
+    check_internal_batch_size,
+    check_n_steps,
+    check_target,
+    ordinary,
+)
 from captum_ig2._path import Explain, Forward, PathIntegral, model_forward, target_output
 from captum_ig2._quadrature import ConvergenceWarning, Integration
 
@@ -154,16 +163,74 @@ def _index(points, i: int):  # type: ignore[no-untyped-def]
 
 
 class PathAttribution(GradientAttribution):
-    """Base of the path methods: Captum's gradient attribution with a convergence delta."""
+    """Base of the path methods: Captum's gradient attribution with a convergence delta.
+
+    Calls on one object from several threads at once are safe: every call keeps its state to
+    itself, and the hooks it puts on the model act only on the forward passes of the thread
+    that made the call.
+    """
 
     _name = "Path"
     #: Input attribution differentiates the inputs; layer variants admit token ids.
     _floating_inputs = True
 
+    def __init__(self, forward_func: Callable[..., Any], multiply_by_inputs: bool = True) -> None:
+        super().__init__(forward_func)
+        if not isinstance(multiply_by_inputs, bool):
+            raise TypeError(
+                f"`multiply_by_inputs` must be a bool, got {type(multiply_by_inputs).__name__}."
+            )
+        self._multiply_by_inputs = multiply_by_inputs
+
     @property
     def multiplies_by_inputs(self) -> bool:
-        # The Riemann terms (x_k+1 - x_k) * grad already carry the input differences.
-        return True
+        """True: the attributions integrate (x_k+1 - x_k) * grad f along the path (global
+        attribution); False: the mean gradient along the path, Captum's local attribution."""
+        return self._multiply_by_inputs
+
+    def _prepare(
+        self,
+        inputs: Any,
+        target: Any,
+        n_steps: Any,
+        method: Any,
+        nodes: Any,
+        epsrel: Any,
+        epsabs: Any,
+        limit: Any,
+        internal_batch_size: Any,
+    ) -> Call:
+        """Checks what every call of every class shares, before any model evaluation."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{self.get_name()} was called inside torch.inference_mode(), where no gradient "
+                "can be taken (torch.enable_grad() does not lift it). Call it outside inference "
+                "mode; torch.no_grad() around the call is fine."
+            )
+        if not isinstance(inputs, (Tensor, tuple)):
+            raise TypeError(
+                f"`inputs` must be a tensor or a tuple of tensors, got {type(inputs).__name__}."
+            )
+        formatted = tuple(ordinary(t) for t in _format_tensor_into_tuples(inputs))
+        n = check_inputs(formatted, floating=self._floating_inputs)
+        n_steps = check_n_steps(n_steps)
+        integration = check_integration(method, nodes, epsrel, epsabs, limit)
+        if not self.multiplies_by_inputs:
+            if integration.method == "idgi":
+                raise ValueError(
+                    "`method='idgi'` splits each segment's output change over the features; it "
+                    "has no local form: use it with `multiply_by_inputs=True`."
+                )
+            integration = dataclasses.replace(integration, local=True)
+        check_target(target, n)
+        return Call(
+            _is_tuple(inputs),
+            formatted,
+            n,
+            n_steps,
+            integration,
+            check_internal_batch_size(internal_batch_size),
+        )
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -208,6 +275,19 @@ class PathAttribution(GradientAttribution):
 
 
 @dataclass
+class Call:
+    """What ``PathAttribution._prepare`` checked: the inputs in Captum's tuple form and the
+    options every class shares."""
+
+    is_inputs_tuple: bool
+    inputs: tuple[Tensor, ...]
+    n: int
+    n_steps: int
+    integration: Integration
+    internal_batch_size: int | None
+
+
+@dataclass
 class PathModel:
     """Where the paths of one call run and what they explain.
 
@@ -217,6 +297,9 @@ class PathModel:
         forward: the model as a function of path points (see ``PathFunction``).
         explain: the explained scalar per path (see ``PathFunction``).
         format: brings path-space tensors (attributions, path points) to the user's form.
+        grad_kwargs: more keyword arguments for ``torch.autograd.grad`` (layer variants).
+        rows_at_once: the most rows one model call may hold (1 for a neuron selection that
+            returns one number per batch), or None.
     """
 
     inputs: tuple[Tensor, ...]
@@ -224,28 +307,45 @@ class PathModel:
     forward: Forward
     explain: Explain
     format: Callable[[tuple[Tensor, ...]], Any]
+    grad_kwargs: dict[str, Any] | None = None
+    rows_at_once: int | None = None
+
+    def chunk_size(self, internal_batch_size: int | None) -> int | None:
+        """``internal_batch_size``, lowered to what the explained output allows."""
+        if self.rows_at_once is None:
+            return internal_batch_size
+        return min(internal_batch_size or self.rows_at_once, self.rows_at_once)
 
 
 def finish(
     name: str,
     result: PathIntegral,
     model: PathModel,
-    n: int,
+    call: Call,
     r: int,
     sign: float,
-    integration: Integration,
     record: bool,
     input_index: int,
 ) -> AttributionPath:
     """Attributions, completeness error and path record of P = N x R integrated paths.
 
     ``sign`` is +1 for paths that run towards the input (Guided IG) and -1 for paths that start
-    at it (IG2), which attribute f(input) - f(path end). Warns with :class:`ConvergenceWarning`
-    where an example misses the completeness tolerance.
+    at it (IG2), which attribute f(input) - f(path end). Raises where the model's output or its
+    gradient stopped being finite on a path; warns with :class:`ConvergenceWarning` where an
+    example misses the completeness tolerance.
     """
-    attributions = tuple(mean_over_references(sign * t, n, r) for t in result.integral)
+    n, integration = call.n, call.integration
+    _check_finite(name, result, r)
     gap = mean_over_references(sign * (result.end_output - result.start_output), n, r)
-    delta = per_example_sum(attributions) - gap
+    if integration.local:
+        # Captum's local attribution: the mean gradient along the path, each step one unit of
+        # the path's parameter. Its completeness error is that of the path integral.
+        steps = call.n_steps
+        attributions = tuple(mean_over_references(t / steps, n, r) for t in result.integral)
+        delta = mean_over_references(-sign * result.residual, n, r)
+    else:
+        attributions = tuple(mean_over_references(sign * t, n, r) for t in result.integral)
+        delta = per_example_sum(attributions) - gap
     if integration.epsrel is None:
         tolerance = torch.full_like(gap, math.inf)
     else:
@@ -272,6 +372,51 @@ def finish(
         evaluations=evaluations,
         input_index=input_index,
     )
+
+
+def empty_result(model: PathModel, call: Call, r: int, record: bool) -> AttributionPath:
+    """The result of a call with no examples (N = 0): empty attributions of the inputs' (or the
+    layer's) shape, as Captum's IG returns, without evaluating the model."""
+    empty = torch.zeros(0, dtype=model.inputs[0].dtype, device=model.inputs[0].device)
+    points: Any = None
+    outputs = torch.empty(0)
+    if record:
+        points = model.format(
+            tuple(t.new_zeros((call.n_steps + 1, 0, r, *t.shape[1:])) for t in model.inputs)
+        )
+        outputs = empty.new_zeros((call.n_steps + 1, 0, r))
+    return AttributionPath(
+        points=points,
+        outputs=outputs,
+        attributions=model.format(tuple(torch.zeros_like(t) for t in model.inputs)),
+        delta=empty,
+        gap=empty,
+        tolerance=empty,
+        evaluations=torch.zeros(0, dtype=torch.long),
+    )
+
+
+def _check_finite(name: str, result: PathIntegral, r: int) -> None:
+    """Raises where the model's output or gradient stopped being finite on a path."""
+
+    def where(p: int) -> str:
+        return f"example {p // r}" + (f" (reference {p % r})" if r > 1 else "")
+
+    first = result.first_nonfinite.cpu()
+    if bool((first >= 0).any()):
+        p = int(torch.nonzero(first >= 0)[0])
+        raise ValueError(
+            f"{name}: the model's output is NaN or infinite at step {int(first[p])} of the path "
+            f"of {where(p)}, so its attributions would be too. Check the model on the path's "
+            "points (for IG2, `clamp` keeps the GradPath in the input domain)."
+        )
+    total = per_example_sum(result.integral)
+    if not bool(torch.isfinite(total).all()):
+        p = int(torch.nonzero(~torch.isfinite(total.cpu()))[0])
+        raise ValueError(
+            f"{name}: the model's gradient is NaN or infinite on the path of {where(p)} (its "
+            "output stays finite), so its attributions would be too."
+        )
 
 
 def _warn_not_converged(

@@ -51,12 +51,16 @@ def check_inputs(inputs: tuple[Tensor, ...], floating: bool = True) -> int:
     return n
 
 
+def ordinary(value: Any) -> Any:
+    """``value``, with a tensor made under ``torch.inference_mode()`` copied into an ordinary
+    one (autograd refuses inference tensors); anything else unchanged."""
+    if isinstance(value, Tensor) and value.is_inference():
+        return value.clone()
+    return value
+
+
 def check_n_steps(n_steps: Any) -> int:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int):
-        raise TypeError(f"`n_steps` must be an int, got {type(n_steps).__name__}.")
-    if n_steps < 1:
-        raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
-    return n_steps
+    return _check_int("n_steps", n_steps, 1)
 
 
 def _check_int(name: str, value: Any, least: int) -> int:
@@ -96,14 +100,7 @@ def _check_tolerance(name: str, value: Any) -> float:
 def check_internal_batch_size(internal_batch_size: Any) -> int | None:
     if internal_batch_size is None:
         return None
-    if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
-        raise TypeError(
-            "`internal_batch_size` must be an int or None, got "
-            f"{type(internal_batch_size).__name__}."
-        )
-    if internal_batch_size < 1:
-        raise ValueError(f"`internal_batch_size` must be at least 1, got {internal_batch_size}.")
-    return internal_batch_size
+    return _check_int("internal_batch_size", internal_batch_size, 1)
 
 
 def check_unit_interval(name: str, value: Any, *, open_low: bool) -> float:
@@ -144,7 +141,7 @@ def _baseline_for(inp: Tensor, baseline: Any, i: int) -> tuple[Tensor, bool]:
         )
     if baseline.is_floating_point() and not bool(torch.isfinite(baseline).all()):
         raise ValueError(f"`baselines[{i}]` holds NaN or infinite values.")
-    baseline = baseline.detach().to(device=inp.device, dtype=inp.dtype)
+    baseline = ordinary(baseline.detach()).to(device=inp.device, dtype=inp.dtype)
     n = inp.shape[0]
     if baseline.dim() == inp.dim() and baseline.shape[1:] == feature_shape:
         if baseline.shape[0] in (1, n):
@@ -194,6 +191,10 @@ def format_references(
         raise ValueError(
             f"All tensors of `baselines` must hold the same number of references, got {counts}."
         )
+    if any(ref.shape[1] == 0 for ref, _ in formatted):
+        raise ValueError(
+            "`baselines` holds an empty reference set (R = 0): give at least one reference."
+        )
     r = counts.pop() if counts else 1
     refs = tuple(ref.expand(n, r, *ref.shape[2:]) for ref, _ in formatted)
     return refs, r
@@ -202,6 +203,8 @@ def format_references(
 def expand_for_paths(target: Any, additional_forward_args: Any, r: int) -> tuple[Any, Any]:
     """Repeats per-example targets and forward arguments once per reference (path p = n * R + r)."""
     args = _format_additional_forward_args(additional_forward_args)
+    if args is not None:
+        args = tuple(ordinary(a) for a in args)
     if r == 1:
         return target, args
     target = _expand_target(target, r, expansion_type=ExpansionTypes.repeat_interleave)
@@ -239,33 +242,61 @@ def take(t: Tensor, rows: Rows) -> Tensor:
     return t[rows] if isinstance(rows, slice) else t[rows.to(t.device)]
 
 
-def format_clamp(clamp: Any, n_inputs: int) -> tuple[tuple[Any, Any], ...] | None:
-    """``clamp`` as one (low, high) pair per input tensor, or None."""
+def format_clamp(
+    clamp: Any, inputs: tuple[Tensor, ...]
+) -> tuple[tuple[Tensor | float | None, Tensor | float | None], ...] | None:
+    """``clamp`` as one (low, high) pair per input tensor, or None.
+
+    A bound is None (no bound), a number, or a tensor that broadcasts to one example of its
+    input tensor (shape F, e.g. per-channel bounds of shape (C, 1, 1)); NaN is rejected, and
+    low must not exceed high anywhere.
+    """
     if clamp is None:
         return None
 
-    def pair(c: Any, where: str) -> tuple[Any, Any]:
+    def bound(value: Any, where: str, inp: Tensor) -> Tensor | float | None:
+        if value is None:
+            return None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if math.isnan(value):
+                raise ValueError(f"`{where}` must not be NaN.")
+            return float(value)
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"`{where}` must be a number, a tensor or None, got {type(value).__name__}."
+            )
+        feature_shape = inp.shape[1:]
+        try:
+            shape = torch.broadcast_shapes(value.shape, feature_shape)
+        except RuntimeError:
+            shape = None
+        if shape != feature_shape:
+            raise ValueError(
+                f"`{where}` of shape {tuple(value.shape)} must broadcast to one example of "
+                f"its input, of shape {tuple(feature_shape)}."
+            )
+        if bool(torch.isnan(value).any()):
+            raise ValueError(f"`{where}` must not hold NaN.")
+        return value.detach().to(device=inp.device, dtype=inp.dtype)
+
+    def pair(c: Any, where: str, inp: Tensor) -> tuple[Tensor | float | None, ...]:
         if not isinstance(c, Sequence) or isinstance(c, str) or len(c) != 2:
             raise ValueError(f"`{where}` must be a pair (low, high), got {c!r}.")
-        low, high = c
-        for bound in (low, high):
-            if bound is not None and not isinstance(bound, (int, float, Tensor)):
-                raise TypeError(
-                    f"`{where}` bounds must be numbers, tensors or None, got "
-                    f"{type(bound).__name__}."
-                )
-        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
-            raise ValueError(f"`{where}` must have low <= high, got ({low}, {high}).")
+        low, high = bound(c[0], f"{where}[0]", inp), bound(c[1], f"{where}[1]", inp)
+        if low is not None and high is not None:
+            above = torch.as_tensor(low) > torch.as_tensor(high)
+            if bool(above.any()):
+                raise ValueError(f"`{where}` must have low <= high, got ({c[0]!r}, {c[1]!r}).")
         return low, high
 
     per_input = (
         isinstance(clamp, Sequence)
-        and len(clamp) == n_inputs
+        and len(clamp) == len(inputs)
         and all(isinstance(c, Sequence) and not isinstance(c, str) for c in clamp)
     )
     if per_input:
-        return tuple(pair(c, f"clamp[{i}]") for i, c in enumerate(clamp))
-    return (pair(clamp, "clamp"),) * n_inputs
+        return tuple(pair(c, f"clamp[{i}]", inp) for i, (c, inp) in enumerate(zip(clamp, inputs)))
+    return tuple(pair(clamp, "clamp", inp) for inp in inputs)  # type: ignore[misc]
 
 
 def flatten(x: tuple[Tensor, ...]) -> Tensor:

@@ -17,6 +17,7 @@ at most ``internal_batch_size`` rows, and keeps only the current segment in memo
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -63,6 +64,10 @@ class PathIntegral:
             per input.
         start_output: the explained output f(x_0), shape (P,).
         end_output: f(x_T), shape (P,).
+        residual: the sum of the segments' residuals, shape (P,): f(x_T) - f(x_0) minus the
+            integral's sum, whatever the quadrature accumulated (see ``Integration.local``).
+        first_nonfinite: per path, the first step at which f was NaN or infinite, or -1,
+            shape (P,), int64.
         evaluations: the points at which each path took a gradient (path points and quadrature
             nodes), shape (P,), int64 on the CPU.
         points: with ``record=True``, the path points, one (T + 1, P, ...) tensor per input.
@@ -72,22 +77,35 @@ class PathIntegral:
     integral: tuple[Tensor, ...]
     start_output: Tensor
     end_output: Tensor
+    residual: Tensor
     evaluations: Tensor
+    first_nonfinite: Tensor
     points: tuple[Tensor, ...] | None = None
     outputs: Tensor | None = None
 
 
+def on_this_thread() -> Callable[[], bool]:
+    """A check that the code runs on the thread that called this: hooks that one call puts on
+    a shared model must not act on the forward passes of calls in other threads."""
+    owner = threading.get_ident()
+    return lambda: threading.get_ident() == owner
+
+
 class Capture:
     """Forward hook that keeps the latest output (or input) of a layer: flattened per example
-    into one (rows, features) tensor, or with ``flat=False`` as the tuple of its tensors."""
+    into one (rows, features) tensor, or with ``flat=False`` as the tuple of its tensors. It
+    only sees the forward passes of the thread that created it."""
 
     def __init__(self, module: Module, use_input: bool, flat: bool = True) -> None:
         self.value: Any = None
         self.use_input = use_input
         self.flat = flat
+        self.mine = on_this_thread()
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: Module, inp: Any, out: Any) -> None:
+        if not self.mine():
+            return
         value = inp if self.use_input else out
         if self.flat:
             self.value = _as_flat(value)
@@ -171,6 +189,8 @@ class PathFunction:
         representation_layer: module whose output (or input) is the representation; None means
             the model's output. Only used with :meth:`set_references`.
         representation_input: use the layer's input instead of its output.
+        grad_kwargs: more keyword arguments for ``torch.autograd.grad`` (Captum's layer
+            methods take them), with Captum's default gradient function.
     """
 
     def __init__(
@@ -181,7 +201,14 @@ class PathFunction:
         n_paths: int,
         representation_layer: Module | None = None,
         representation_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if grad_kwargs and gradient_func is not compute_gradients:
+            raise ValueError(
+                "`grad_kwargs` reach torch.autograd.grad through Captum's default gradient "
+                "function only; this object's `gradient_func` was replaced."
+            )
+        self.grad_kwargs = grad_kwargs or {}
         self.forward = forward
         self.explain = explain
         self.gradient_func = gradient_func
@@ -285,10 +312,10 @@ class PathFunction:
             dist_g = None
             if distance_grad:
                 distance = self._distance(output, rows)
-                dist_g = _grad(distance, x, retain_graph=output_grad, required=True)
+                dist_g = _grad(distance, x, output_grad, self.grad_kwargs, required=True)
             elif self._capture is not None:
                 self._capture.take()
-            out_g = _grad(value, x, retain_graph=False) if output_grad else None
+            out_g = _grad(value, x, False, self.grad_kwargs) if output_grad else None
         return value.detach(), out_g, dist_g
 
 
@@ -305,15 +332,22 @@ def scalar_per_example(selected: Tensor) -> Tensor:
 
 
 def _grad(
-    y: Tensor, x: tuple[Tensor, ...], retain_graph: bool, required: bool = False
+    y: Tensor,
+    x: tuple[Tensor, ...],
+    retain_graph: bool,
+    grad_kwargs: dict[str, Any],
+    required: bool = False,
 ) -> tuple[Tensor, ...]:
     """d sum(y) / d x, with zeros where ``y`` does not depend on an input.
 
+    ``grad_kwargs`` go to ``torch.autograd.grad`` (the graph is kept where either asks for it).
     ``required``: ``y`` is the representation distance, which must depend on the path points.
     """
     grads: tuple[Tensor | None, ...] = (None,) * len(x)
     if y.requires_grad:
-        grads = torch.autograd.grad(y.sum(), x, retain_graph=retain_graph, allow_unused=True)
+        options = {"allow_unused": True, **grad_kwargs}
+        options["retain_graph"] = retain_graph or bool(grad_kwargs.get("retain_graph"))
+        grads = torch.autograd.grad(y.sum(), x, **options)
     if required and all(g is None for g in grads):
         raise ValueError(
             "The representation does not depend on the path points, so the GradPath cannot "
@@ -406,11 +440,12 @@ def integrate_path(
     if observer is not None:
         node_observer = functools.partial(observer, function, internal_batch_size)
     total = tuple(torch.zeros_like(t) for t in x)
+    residual = torch.zeros(0)
     evaluations = torch.zeros(n_paths, dtype=torch.long)
     points: list[tuple[Tensor, ...]] = []
     outputs: list[Tensor] = []
     previous: Point | None = None
-    start_output = value = torch.empty(0)
+    start_output = value = first_nonfinite = torch.empty(0)
     rule_start, rule_end = integration.uses_start, integration.uses_end
     bar = progress(desc=desc, total=n_steps + 1) if show_progress else None
     try:
@@ -430,6 +465,12 @@ def integrate_path(
             assert value is not None
             if output_grad or distance_grad:  # one forward and backward pass (or two)
                 evaluations += 1
+            # Where the model's output stops being finite, remember the step, without a sync.
+            if k == 0:
+                first_nonfinite = torch.full_like(value, -1, dtype=torch.long)
+                residual = torch.zeros_like(value)
+            newly = ~torch.isfinite(value) & (first_nonfinite < 0)
+            first_nonfinite = torch.where(newly, k, first_nonfinite)
             point = Point(x, value, grad)
             if record:
                 points.append(x)
@@ -444,6 +485,7 @@ def integrate_path(
                 segment = quadrature.integrate(previous, point, node_evaluate, node_observer)
                 for acc, part in zip(total, segment.integral):
                     acc.add_(part)
+                residual += segment.residual
                 evaluations += segment.evaluations
             if bar is not None:
                 bar.update()
@@ -458,7 +500,9 @@ def integrate_path(
         integral=total,
         start_output=start_output,
         end_output=value,
+        residual=residual,
         evaluations=evaluations,
+        first_nonfinite=first_nonfinite,
         points=tuple(torch.stack(p) for p in zip(*points)) if record else None,
         outputs=torch.stack(outputs) if record else None,
     )

@@ -200,6 +200,8 @@ class Quadrature:
         n_steps: T, the number of segments of the paths.
         limit: the most pieces a segment is split into.
         chunk_size: at most this many points are evaluated at once (None: all at once).
+        local: integrate the gradient alone, without the segment's direction (Captum's
+            ``multiply_by_inputs=False``); residuals still measure the integral's error.
     """
 
     def __init__(
@@ -209,8 +211,10 @@ class Quadrature:
         n_steps: int,
         limit: int,
         chunk_size: int | None,
+        local: bool = False,
     ) -> None:
         self.rule = rule
+        self.local = local
         self.tolerance = None if tolerance is None else tolerance.double().cpu().numpy()
         self.n_steps = n_steps
         self.limit = limit
@@ -287,12 +291,14 @@ class Quadrature:
             g_hi=end.grad if self.rule.uses_end else None,
         )
         while True:
-            estimate, half = self._estimate(pieces, start.x, direction, evaluate, evaluations)
+            weighted, estimate, half = self._estimate(
+                pieces, start.x, direction, evaluate, evaluations
+            )
             r = pieces.f_hi - pieces.f_lo - _per_row_sum(estimate)
             split = self._to_split(r, pieces, count, kept)
             accepted = torch.nonzero(~split).flatten()
             into = pieces.paths[accepted].to(residual.device)
-            for acc, e in zip(total, estimate):
+            for acc, e in zip(total, weighted if self.local else estimate):
                 acc.index_add_(0, into, e[accepted.to(e.device)])
             residual.index_add_(0, into, r[accepted.to(r.device)])
             if observer is not None and accepted.numel():
@@ -316,10 +322,13 @@ class Quadrature:
         direction: tuple[Tensor, ...],
         evaluate: Evaluate,
         evaluations: Tensor,
-    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, tuple[Tensor, ...] | None] | None]:
-        """The rule's estimate of every piece, per feature, with one evaluation of all interior
-        nodes; also f (and the gradient, for rules with end nodes) at the pieces' middles when
-        the rule has a node there."""
+    ) -> tuple[
+        tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, tuple[Tensor, ...] | None] | None
+    ]:
+        """The rule's weighted sum of the gradient over every piece and its estimate of the
+        piece's integral (that sum times the segment's direction), per feature, with one
+        evaluation of all interior nodes; also f (and the gradient, for rules with end nodes) at
+        the pieces' middles when the rule has a node there."""
         rule = self.rule
         n_open, n_interior = pieces.paths.numel(), self._interior_alphas.numel()
         width = pieces.hi - pieces.lo
@@ -358,7 +367,7 @@ class Quadrature:
                 tuple(torch.cat(parts) for parts in zip(*half_grads)) if keep_half_grad else None
             )
             half = (f_half, g_half)
-        return estimate, half
+        return weighted, estimate, half
 
     def _evaluate_points(
         self,
@@ -513,6 +522,7 @@ class Integration:
     epsrel: float | None
     epsabs: float
     limit: int
+    local: bool = False  # the gradient alone, without the segments' directions
 
     @functools.cached_property
     def rule(self) -> Rule:
@@ -548,7 +558,7 @@ class Integration:
             assert self.epsrel is not None and heading_output is not None
             scale = (heading_output - start_output).abs()
             tolerance = self.epsabs + self.epsrel * scale
-        return Quadrature(self.rule, tolerance, n_steps, self.limit, chunk_size)
+        return Quadrature(self.rule, tolerance, n_steps, self.limit, chunk_size, self.local)
 
 
 class ConvergenceWarning(UserWarning):

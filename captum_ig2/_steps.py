@@ -45,17 +45,31 @@ class CounterfactualGradientStep:
         distance_grad: tuple[Tensor, ...] | None,
     ) -> tuple[Tensor, ...]:
         assert distance_grad is not None
-        squared = sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in distance_grad)
-        norm = torch.sqrt(squared).clamp_min(torch.finfo(squared.dtype).tiny)
-        scale = self.step_size / norm
+        direction = unit_direction(distance_grad)
         moved = []
-        for i, (t, g) in enumerate(zip(x, distance_grad)):
-            nxt = t - scale.view(-1, *([1] * (t.dim() - 1))) * g
+        for i, (t, g) in enumerate(zip(x, direction)):
+            nxt = t - self.step_size.view(-1, *([1] * (t.dim() - 1))) * g
             if self.clamp is not None:
                 low, high = self.clamp[i]
                 nxt = nxt.clamp(low, high)
             moved.append(nxt)
         return tuple(moved)
+
+
+def unit_direction(grad: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``grad / ||grad||_2`` per path (the norm over all input tensors together), and zero where
+    the gradient is zero. The gradient is first divided by its largest magnitude, so that neither
+    squaring huge gradients overflows nor squaring tiny ones underflows to a zero norm."""
+    peaks = [g.reshape(g.shape[0], -1).abs().amax(dim=1) for g in grad if g[0].numel() > 0]
+    if not peaks:  # no features at all: nothing to move
+        return grad
+    peak = torch.stack(peaks).amax(dim=0)
+    moving = peak > 0
+    safe_peak = torch.where(moving, peak, torch.ones_like(peak))
+    scaled = tuple(g / safe_peak.view(-1, *([1] * (g.dim() - 1))) for g in grad)
+    norm = torch.sqrt(sum(s.reshape(s.shape[0], -1).pow(2).sum(dim=1) for s in scaled))  # >= 1
+    factor = torch.where(moving, 1.0 / torch.where(moving, norm, 1.0), 0.0)
+    return tuple(s * factor.view(-1, *([1] * (s.dim() - 1))) for s in scaled)
 
 
 def default_step_size(
@@ -115,12 +129,14 @@ class GuidedStep:
         # and snapping them to x_min (= baseline = x) changes no value.
         self.safe_diff = torch.where(self.diff != 0, self.diff, 1.0)
         self.largest = torch.finfo(self.diff.dtype).max
-        self.l1_total = self.diff.abs().sum(dim=1)
+        # L1 distances are summed in float64: a float32 sum of many large differences (a
+        # baseline near the dtype's largest value) would overflow to inf.
+        self.l1_total = _l1(self.diff)
         self.n_steps = n_steps
         self.max_dist = max_dist
-        n_features = self.baseline.shape[1]
+        self.n_features = n_features = self.baseline.shape[1]
         # Index of the "lower" quantile of |grad| over all features, as numpy's.
-        self.quantile_index = math.floor(fraction * (n_features - 1))
+        self.quantile_index = max(math.floor(fraction * (n_features - 1)), 0)
         # A chunk holds at least quantile_index + 1 features, so this many chunks cover them all.
         self.max_chunks = math.ceil(n_features / (self.quantile_index + 1)) + 1
 
@@ -132,6 +148,8 @@ class GuidedStep:
         distance_grad: tuple[Tensor, ...] | None,
     ) -> tuple[Tensor, ...]:
         assert output_grad is not None
+        if self.n_features == 0:
+            return x  # nothing to move
         x_flat = flatten(x)
         grad = flatten(output_grad)
         alpha = (k + 1.0) / self.n_steps
@@ -144,7 +162,7 @@ class GuidedStep:
         # Features behind alpha_min jump to the lower bound of the allowed band.
         x_alpha = (x_flat - self.baseline) / self.safe_diff
         x_flat = torch.where(x_alpha < alpha_min, x_min, x_flat)
-        l1_current = (x_flat - self.input).abs().sum(dim=1)
+        l1_current = _l1(x_flat - self.input)
 
         # Features at the upper bound cannot move: they count as infinitely important.
         key = torch.where(x_flat == x_max, math.inf, grad.abs())
@@ -163,10 +181,10 @@ class GuidedStep:
             # Features at their bound (key = inf) are never selected, nor any of a finished path.
             threshold = torch.where(active, threshold.clamp(max=self.largest), -1.0)
             selected = key <= threshold.unsqueeze(1)
-            chunk_room = (room * selected).sum(dim=1)
+            chunk_room = _l1(room * selected)
             gamma = (remaining - l1_target) / chunk_room
             saturate = gamma > 1.0  # also where the chunk has no room (gamma = inf)
-            move = torch.where(saturate, 1.0, gamma).unsqueeze(1)
+            move = torch.where(saturate, 1.0, gamma).to(x_flat.dtype).unsqueeze(1)
             x_flat = torch.where(selected, x_flat + move * (x_max - x_flat), x_flat)
             x_flat = torch.where(selected & saturate.unsqueeze(1), x_max, x_flat)
             removed = removed + chunk_room
@@ -175,3 +193,8 @@ class GuidedStep:
             if x_flat.device.type == "cpu" and not bool(active.any()):
                 break  # no device to sync with on the CPU: stop as soon as every path is done
         return unflatten(x_flat, self.like)
+
+
+def _l1(t: Tensor) -> Tensor:
+    """The L1 norm of every row of ``t`` (P, D), summed in float64."""
+    return t.abs().sum(dim=1, dtype=torch.float64)

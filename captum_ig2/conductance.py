@@ -187,6 +187,11 @@ class LayerPathConductance(LayerAttribution):
             )
         if not isinstance(layer, Module):
             raise TypeError(f"`layer` must be a torch.nn.Module, got {type(layer).__name__}.")
+        if not path_method.multiplies_by_inputs:
+            raise ValueError(
+                "`path_method` must have `multiply_by_inputs=True`: conductance decomposes the "
+                "path integral, not the mean gradient along the path."
+            )
         super().__init__(path_method.forward_func, layer)
         self.path_method = path_method
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, Literal
 
-from captum._utils.common import _format_tensor_into_tuples, _is_tuple
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
@@ -19,18 +18,10 @@ from captum_ig2._attribution import (
     AttributionPath,
     PathAttribution,
     document_quadrature,
+    empty_result,
     finish,
 )
-from captum_ig2._common import (
-    check_inputs,
-    check_integration,
-    check_internal_batch_size,
-    check_n_steps,
-    check_target,
-    check_unit_interval,
-    expand_for_paths,
-    format_references,
-)
+from captum_ig2._common import check_unit_interval, expand_for_paths, format_references
 from captum_ig2._path import Observer, PathFunction, integrate_path
 from captum_ig2._steps import GuidedStep
 
@@ -43,6 +34,10 @@ class GuidedIG(PathAttribution):
     feature within `max_dist` of the straight line. Features with large gradients are thus
     moved late, which avoids the accumulation of noisy gradients from regions of saturation
     that makes IG's maps noisy. With ``max_dist=0`` the path is IG's straight line.
+
+    The attribution is the line integral of the explained output's gradient along the path,
+    computed to a stated completeness tolerance (see ``epsrel``); ``multiply_by_inputs=False``
+    gives the mean gradient along the path instead, Captum's local attribution.
 
     The path is identical to PAIR's reference implementation
     (``saliency.core.guided_ig.guided_ig_impl``), computed for a whole batch at once.
@@ -61,13 +56,21 @@ class GuidedIG(PathAttribution):
 
     _name = "Guided IG"
 
-    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
+    def __init__(
+        self, forward_func: Callable[..., Tensor], multiply_by_inputs: bool = True
+    ) -> None:
         r"""
         Args:
             forward_func (Callable): The forward function of the model or any modification of
                         it.
+            multiply_by_inputs (bool, optional): As Captum's ``IntegratedGradients``: True
+                        integrates (x_k+1 - x_k) * grad f along the path (global attribution,
+                        complete: it adds up to f(input) - f(baseline)); False returns the
+                        mean gradient along the path instead (local attribution; on the
+                        straight line, ``max_dist=0``, Captum's local IG).
+                        Default: True
         """
-        super().__init__(forward_func)
+        super().__init__(forward_func, multiply_by_inputs)
 
     @typing.overload
     def attribute(
@@ -77,12 +80,12 @@ class GuidedIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         *,
         return_convergence_delta: Literal[True],
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -98,11 +101,11 @@ class GuidedIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -119,11 +122,11 @@ class GuidedIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -133,22 +136,21 @@ class GuidedIG(PathAttribution):
         r"""
         Attributes the explained output to the inputs along the guided path.
 
-        `inputs`, `baselines`, `target`, `additional_forward_args` and
-        `return_convergence_delta` are exactly those of
-        :meth:`captum.attr.IntegratedGradients.attribute`.
+        `inputs`, `baselines`, `target`, `additional_forward_args`, `internal_batch_size` and
+        `return_convergence_delta` are those of
+        :meth:`captum.attr.IntegratedGradients.attribute`, in the same order; inputs with no
+        examples give empty attributions.
 
         Args:
             n_steps (int, optional): The number of path steps (segments); a path has
                         n_steps + 1 points. Default: 200, as the paper.
+            <quadrature>
             fraction (float, optional): The share of all features, in (0, 1], that is moved
                         at a time, those with the smallest absolute gradient first.
                         Default: 0.25
             max_dist (float, optional): How far, in [0, 1], a feature may deviate from the
                         straight line, as a fraction of the way from baseline to input; 0 gives
                         IG's straight path, 1 an unbounded guided path. Default: 0.02
-            <quadrature>
-            internal_batch_size (int, optional): At most this many path points go through the
-                        model at once. Default: None, all N at once.
             show_progress (bool, optional): Show a progress bar over the path points.
                         Default: False
 
@@ -158,11 +160,17 @@ class GuidedIG(PathAttribution):
             - **attributions** (*Tensor* or *tuple[Tensor, ...]*): Guided IG attributions, of
               the form and shape of `inputs`.
             - **delta** (*Tensor*, returned if return_convergence_delta=True): per example,
-              sum(attributions) - (f(input) - f(baseline)).
+              sum(attributions) - (f(input) - f(baseline)), the completeness error of the path
+              integral (also with ``multiply_by_inputs=False``).
+
+        Raises:
+            ValueError: where an argument is invalid (also where Captum raises an
+                        ``AssertionError``, e.g. a missing `target` on a multi-output model),
+                        and where the model's output or gradient is NaN or infinite on a path.
         """
         result = self._compute(
-            inputs, baselines, target, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            inputs, baselines, target, additional_forward_args, n_steps, method,
+            internal_batch_size, fraction, max_dist, nodes, epsrel, epsabs, limit, show_progress,
             record=False,
         )  # fmt: skip
         if return_convergence_delta:
@@ -176,10 +184,10 @@ class GuidedIG(PathAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -190,14 +198,16 @@ class GuidedIG(PathAttribution):
         Computes the attribution and keeps the guided path: every point and f along it.
 
         Takes the arguments of :meth:`attribute`; ``path(...).points`` has shape
-        (n_steps + 1, N, 1, \*F), from the baseline to the input. Memory grows with n_steps.
+        (n_steps + 1, N, 1, \*F), from the baseline to the input, and the record reports each
+        example's completeness error and tolerance and the gradient evaluations spent.
+        Memory grows with n_steps.
 
         Returns:
             :class:`AttributionPath`
         """
         return self._compute(
-            inputs, baselines, target, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            inputs, baselines, target, additional_forward_args, n_steps, method,
+            internal_batch_size, fraction, max_dist, nodes, epsrel, epsabs, limit, show_progress,
             record=True,
         )  # fmt: skip
 
@@ -208,10 +218,10 @@ class GuidedIG(PathAttribution):
         target: Any,
         additional_forward_args: Any,
         n_steps: int,
-        fraction: float,
-        max_dist: float,
         method: str,
         internal_batch_size: int | None,
+        fraction: float,
+        max_dist: float,
         nodes: int | None,
         epsrel: float | None,
         epsabs: float,
@@ -221,38 +231,44 @@ class GuidedIG(PathAttribution):
         observer: Observer | None = None,
         **options: Any,
     ) -> AttributionPath:
-        is_inputs_tuple = _is_tuple(inputs)
-        formatted = _format_tensor_into_tuples(inputs)
-        n = check_inputs(formatted, floating=self._floating_inputs)
-        n_steps = check_n_steps(n_steps)
+        call = self._prepare(
+            inputs, target, n_steps, method, nodes, epsrel, epsabs, limit, internal_batch_size
+        )
         fraction = check_unit_interval("fraction", fraction, open_low=True)
         max_dist = check_unit_interval("max_dist", max_dist, open_low=False)
-        integration = check_integration(method, nodes, epsrel, epsabs, limit)
-        internal_batch_size = check_internal_batch_size(internal_batch_size)
-        check_target(target, n)
-        references, _ = format_references(formatted, baselines, allow_sets=False)
+        references, _ = format_references(call.inputs, baselines, allow_sets=False)
         baseline_inputs = tuple(ref[:, 0] for ref in references)
-        explained = tuple(t.detach() for t in formatted)
+        explained = tuple(t.detach() for t in call.inputs)
         target, args = expand_for_paths(target, additional_forward_args, 1)
         with ExitStack() as stack:
             model = self._path_model(
-                is_inputs_tuple, explained, baseline_inputs, target, args, n, stack, **options
-            )
+                call.is_inputs_tuple, explained, baseline_inputs, target, args, call.n, stack,
+                **options,
+            )  # fmt: skip
+            if call.n == 0:
+                return empty_result(model, call, 1, record)
+            chunk = model.chunk_size(call.internal_batch_size)
             start, end = model.baselines, model.inputs
             function = stack.enter_context(
-                PathFunction(model.forward, model.explain, self.gradient_func, n_paths=n)
+                PathFunction(
+                    model.forward,
+                    model.explain,
+                    self.gradient_func,
+                    n_paths=call.n,
+                    grad_kwargs=model.grad_kwargs,
+                )
             )
             result = integrate_path(
                 start,
-                GuidedStep(start, end, n_steps, fraction, max_dist),
-                n_steps,
+                GuidedStep(start, end, call.n_steps, fraction, max_dist),
+                call.n_steps,
                 function,
-                integration,
+                call.integration,
                 heading=end,
-                internal_batch_size=internal_batch_size,
+                internal_batch_size=chunk,
                 record=record,
                 show_progress=show_progress,
                 desc="Guided IG",
                 observer=observer,
             )
-        return finish(self.get_name(), result, model, n, 1, 1.0, integration, record, -1)
+        return finish(self.get_name(), result, model, call, 1, 1.0, record, -1)

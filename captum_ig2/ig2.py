@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 import typing
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, Literal
 
 import torch
-from captum._utils.common import _format_tensor_into_tuples, _is_tuple
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.log import log_usage
 from torch import Tensor
@@ -22,18 +22,10 @@ from captum_ig2._attribution import (
     AttributionPath,
     PathAttribution,
     document_quadrature,
+    empty_result,
     finish,
 )
-from captum_ig2._common import (
-    check_inputs,
-    check_integration,
-    check_internal_batch_size,
-    check_n_steps,
-    check_target,
-    expand_for_paths,
-    format_clamp,
-    format_references,
-)
+from captum_ig2._common import expand_for_paths, format_clamp, format_references
 from captum_ig2._path import Observer, PathFunction, integrate_path
 from captum_ig2._steps import CounterfactualGradientStep, default_step_size
 
@@ -75,6 +67,7 @@ class IterativeGradientIG(PathAttribution):
         forward_func: Callable[..., Tensor],
         representation_layer: Module | None = None,
         representation_input: bool = False,
+        multiply_by_inputs: bool = True,
     ) -> None:
         r"""
         Args:
@@ -88,8 +81,14 @@ class IterativeGradientIG(PathAttribution):
             representation_input (bool, optional): Use the input of `representation_layer`
                         instead of its output.
                         Default: False
+            multiply_by_inputs (bool, optional): As Captum's ``IntegratedGradients``: True
+                        integrates (x_k - x_k+1) * grad f along the GradPath (global
+                        attribution, complete: it adds up to f(input) - f(GradCF)); False
+                        returns the mean gradient along the GradPath instead, each step
+                        weighing the same (local attribution).
+                        Default: True
         """
-        super().__init__(forward_func)
+        super().__init__(forward_func, multiply_by_inputs)
         if representation_layer is not None and not isinstance(representation_layer, Module):
             raise TypeError(
                 "`representation_layer` must be a torch.nn.Module or None, got "
@@ -166,8 +165,10 @@ class IterativeGradientIG(PathAttribution):
         r"""
         Attributes the explained output to the inputs along the GradPath of every reference.
 
-        `inputs`, `target`, `additional_forward_args` and `return_convergence_delta` are
-        exactly those of :meth:`captum.attr.IntegratedGradients.attribute`.
+        `inputs`, `target`, `additional_forward_args`, `internal_batch_size` and
+        `return_convergence_delta` are those of
+        :meth:`captum.attr.IntegratedGradients.attribute`, in the same order; inputs with no
+        examples give empty attributions.
 
         Args:
             baselines (scalar, Tensor, tuple of scalar or Tensor, optional): The
@@ -193,7 +194,9 @@ class IterativeGradientIG(PathAttribution):
                         GradPath is as long as the straight line to its reference.
             clamp (tuple, optional): ``(low, high)`` bounds of the input domain that every
                         path point is clipped to (the authors' ``clip_min_max``), or one such
-                        pair per input tensor; either bound may be None. Default: None
+                        pair per input tensor. A bound is a number, None (unbounded), or a
+                        tensor that broadcasts to one example (e.g. per-channel bounds of shape
+                        (C, 1, 1)); low <= high. Default: None
             show_progress (bool, optional): Show a progress bar over the path points.
                         Default: False
 
@@ -205,7 +208,13 @@ class IterativeGradientIG(PathAttribution):
             - **delta** (*Tensor*, returned if return_convergence_delta=True): per example,
               sum(attributions) - (f(input) - mean over references of f(GradCF)): the
               completeness error of the path integral against the path's real end, not
-              against the reference, which the path need not reach.
+              against the reference, which the path need not reach (also with
+              ``multiply_by_inputs=False``).
+
+        Raises:
+            ValueError: where an argument is invalid (also where Captum raises an
+                        ``AssertionError``, e.g. a missing `target` on a multi-output model),
+                        and where the model's output or gradient is NaN or infinite on a path.
         """
         result = self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, method,
@@ -270,16 +279,12 @@ class IterativeGradientIG(PathAttribution):
         observer: Observer | None = None,
         **options: Any,
     ) -> AttributionPath:
-        is_inputs_tuple = _is_tuple(inputs)
-        formatted = _format_tensor_into_tuples(inputs)
-        n = check_inputs(formatted, floating=self._floating_inputs)
-        n_steps = check_n_steps(n_steps)
-        integration = check_integration(method, nodes, epsrel, epsabs, limit)
-        internal_batch_size = check_internal_batch_size(internal_batch_size)
-        check_target(target, n)
-        references, r = format_references(formatted, baselines, allow_sets=True)
+        call = self._prepare(
+            inputs, target, n_steps, method, nodes, epsrel, epsabs, limit, internal_batch_size
+        )
+        references, r = format_references(call.inputs, baselines, allow_sets=True)
         if step_size is not None:
-            if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
+            if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real):
                 raise TypeError(
                     f"`step_size` must be a positive float or None, got {type(step_size).__name__}."
                 )
@@ -287,23 +292,21 @@ class IterativeGradientIG(PathAttribution):
                 raise ValueError(f"`step_size` must be a positive finite float, got {step_size}.")
 
         # Path p = n * R + r explains input n against reference r.
-        p = n * r
-        path_inputs = tuple(t.detach().repeat_interleave(r, dim=0) for t in formatted)
+        p = call.n * r
+        path_inputs = tuple(t.detach().repeat_interleave(r, dim=0) for t in call.inputs)
         references = tuple(ref.reshape(p, *ref.shape[2:]) for ref in references)
         path_target, path_args = expand_for_paths(target, additional_forward_args, r)
         with ExitStack() as stack:
             model = self._path_model(
-                is_inputs_tuple, path_inputs, references, path_target, path_args, p, stack,
+                call.is_inputs_tuple, path_inputs, references, path_target, path_args, p, stack,
                 **options,
             )  # fmt: skip
             start, references = model.inputs, model.baselines
-            clamp = format_clamp(clamp, len(start))
-            if step_size is None:
-                eta = default_step_size(start, references, n_steps)
-            else:
-                eta = torch.full(
-                    (p,), float(step_size), dtype=start[0].dtype, device=start[0].device
-                )
+            clamp = format_clamp(clamp, start)
+            if call.n == 0:
+                return empty_result(model, call, r, record)
+            chunk = model.chunk_size(call.internal_batch_size)
+            eta = _step_sizes(step_size, start, references, call.n_steps)
             function = stack.enter_context(
                 PathFunction(
                     model.forward,
@@ -312,17 +315,18 @@ class IterativeGradientIG(PathAttribution):
                     n_paths=p,
                     representation_layer=self.representation_layer,
                     representation_input=self.representation_input,
+                    grad_kwargs=model.grad_kwargs,
                 )
             )
-            function.set_references(references, internal_batch_size)
+            function.set_references(references, chunk)
             result = integrate_path(
                 start,
                 CounterfactualGradientStep(eta, clamp),
-                n_steps,
+                call.n_steps,
                 function,
-                integration,
+                call.integration,
                 heading=references,
-                internal_batch_size=internal_batch_size,
+                internal_batch_size=chunk,
                 record=record,
                 show_progress=show_progress,
                 desc="IG2",
@@ -330,4 +334,20 @@ class IterativeGradientIG(PathAttribution):
             )
         # The engine integrates along the path, input -> GradCF; IG2 attributes f(input) -
         # f(GradCF), the reverse direction.
-        return finish(self.get_name(), result, model, n, r, -1.0, integration, record, 0)
+        return finish(self.get_name(), result, model, call, r, -1.0, record, 0)
+
+
+def _step_sizes(
+    step_size: float | None, start: tuple[Tensor, ...], references: tuple[Tensor, ...], n: int
+) -> Tensor:
+    """eta per path: the given step size, or the default one, in the paths' dtype."""
+    if step_size is None:
+        return default_step_size(start, references, n)
+    largest = torch.finfo(start[0].dtype).max
+    if step_size > largest:
+        raise ValueError(
+            f"`step_size` {step_size} does not fit the paths' dtype {start[0].dtype} (largest "
+            f"{largest:.3g})."
+        )
+    return torch.full((start[0].shape[0],), float(step_size), dtype=start[0].dtype,
+                      device=start[0].device)  # fmt: skip

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any, Literal
 
+import torch
 from captum._utils.common import _format_output
-from captum._utils.gradient import _forward_layer_eval
 from captum._utils.typing import BaselineType, ModuleOrModuleList, TargetType
 from captum.attr import LayerAttribution
 from captum.log import log_usage
@@ -23,8 +23,8 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT, PathModel
-from captum_ig2._common import slice_args
-from captum_ig2._path import Forward, target_output
+from captum_ig2._common import Rows, slice_args, take
+from captum_ig2._path import Capture, Forward, on_this_thread, target_output
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 
@@ -49,21 +49,25 @@ def layer_activations(
     additional_forward_args: tuple[Any, ...] | None,
     attribute_to_layer_input: bool,
 ) -> tuple[tuple[Tensor, ...], list[int]]:
-    """The activations of every layer, as one tuple, and how many tensors each layer has."""
+    """The activations of every layer, as one tuple, and how many tensors each layer has.
+
+    One forward pass without gradients; the model's own errors pass through untouched."""
+    layers = _layers(layer)
+    captures = [Capture(module, attribute_to_layer_input, flat=False) for module in layers]
     try:
-        activations = _forward_layer_eval(
-            forward_func,
-            inputs,
-            layer,
-            additional_forward_args,
-            attribute_to_layer_input=attribute_to_layer_input,
-        )
-    except AssertionError as error:  # Captum asserts when a hook saw nothing
-        raise ValueError(
-            f"`layer` {layer} was not called during the forward pass of the model: pass a "
-            "module that the forward pass runs."
-        ) from error
-    per_layer = activations if isinstance(layer, list) else [activations]
+        with torch.no_grad():
+            forward_func(*inputs, *(additional_forward_args or ()))
+    finally:
+        for capture in captures:
+            capture.remove()
+    per_layer = []
+    for module, capture in zip(layers, captures):
+        if capture.value is None:
+            raise ValueError(
+                f"`layer` {module} was not called during the forward pass of the model: pass a "
+                "module that the forward pass runs."
+            )
+        per_layer.append(tuple(t for t in capture.value if isinstance(t, Tensor)))
     flat = tuple(t.detach() for layer_tensors in per_layer for t in layer_tensors)
     for t in flat:
         if not t.is_floating_point():
@@ -73,12 +77,18 @@ def layer_activations(
     return flat, [len(layer_tensors) for layer_tensors in per_layer]
 
 
-def _replace_output(module: Module, inp: Any, out: Any, part: tuple[Tensor, ...]) -> Any:
+def _replace_output(
+    module: Module, inp: Any, out: Any, part: tuple[Tensor, ...], mine: Callable[[], bool]
+) -> Any:
+    if not mine():
+        return None  # another thread's forward pass: leave it alone
     return part if isinstance(out, tuple) else part[0]
 
 
-def _replace_input(module: Module, inp: Any, part: tuple[Tensor, ...]) -> Any:
-    return part
+def _replace_input(
+    module: Module, inp: Any, part: tuple[Tensor, ...], mine: Callable[[], bool]
+) -> Any:
+    return part if mine() else None
 
 
 def substituted_forward(
@@ -91,23 +101,25 @@ def substituted_forward(
     attribute_to_layer_input: bool,
 ) -> Forward:
     """The model as a function of layer activations: runs it on the paths' inputs with the
-    layers' outputs (or inputs) replaced by the path points; the hooks live for one call."""
+    layers' outputs (or inputs) replaced by the path points; the hooks live for one call and
+    act on the calling thread's forward pass only."""
     offsets = [0]
     for count in layout:
         offsets.append(offsets[-1] + count)
 
-    def forward(x: tuple[Tensor, ...], rows: slice) -> Any:
+    def forward(x: tuple[Tensor, ...], rows: Rows) -> Any:
         handles = []
+        mine = on_this_thread()
         try:
             for i, layer in enumerate(layers):
                 part = x[offsets[i] : offsets[i + 1]]
                 if attribute_to_layer_input:
-                    hook = functools.partial(_replace_input, part=part)
+                    hook = functools.partial(_replace_input, part=part, mine=mine)
                     handles.append(layer.register_forward_pre_hook(hook))
                 else:
-                    hook = functools.partial(_replace_output, part=part)
+                    hook = functools.partial(_replace_output, part=part, mine=mine)
                     handles.append(layer.register_forward_hook(hook))
-            chunk = tuple(t[rows] for t in inputs)
+            chunk = tuple(take(t, rows) for t in inputs)
             args = slice_args(additional_forward_args, rows, n_paths)
             return forward_func(*chunk, *args) if args else forward_func(*chunk)
         finally:
@@ -146,11 +158,25 @@ class _LayerPaths:
         n_paths: int,
         stack: ExitStack,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
     ) -> PathModel:
         layers = _layers(self.layer)
-        start, layout = layer_activations(
-            self.forward_func, inputs, self.layer, additional_forward_args, attribute_to_layer_input
-        )
+        if grad_kwargs is not None and not isinstance(grad_kwargs, dict):
+            raise TypeError(
+                f"`grad_kwargs` must be a dict or None, got {type(grad_kwargs).__name__}."
+            )
+        try:
+            start, layout = layer_activations(
+                self.forward_func, inputs, self.layer, additional_forward_args,
+                attribute_to_layer_input,
+            )  # fmt: skip
+        except Exception as error:
+            if n_paths == 0:  # the layer's shape needs one forward pass, of an empty batch
+                raise ValueError(
+                    "`inputs` hold no examples, and the model cannot run an empty batch to "
+                    f"give the shape of `layer` ({type(error).__name__}: {error})."
+                ) from error
+            raise
         other, _ = layer_activations(
             self.forward_func,
             baselines,
@@ -173,6 +199,7 @@ class _LayerPaths:
             forward,
             target_output(target),
             functools.partial(self._format_layers, layout=layout),
+            grad_kwargs,
         )
 
     def _format_layers(self, tensors: tuple[Tensor, ...], layout: list[int]) -> LayerAttributions:
@@ -207,21 +234,31 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         self,
         forward_func: Callable[..., Tensor],
         layer: ModuleOrModuleList,
+        device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
         representation_layer: Module | None = None,
         representation_input: bool = False,
-        device_ids: list[int] | None = None,
     ) -> None:
         r"""
+        The first four arguments are those of :class:`captum.attr.LayerIntegratedGradients`,
+        in the same order.
+
         Args:
             forward_func (Callable): The forward function of the model or any modification of
                         it.
             layer (torch.nn.Module or list of torch.nn.Module): The layer(s) whose output (or
                         input, with `attribute_to_layer_input`) the path runs in.
+            device_ids (list[int], optional): Not supported (DataParallel); must be None.
+            multiply_by_inputs (bool, optional): True: the path integral of
+                        (h_k - h_k+1) * dF/dh along the GradPath in the layer's activations h
+                        (global attribution); False: the mean gradient dF/dh along it (local).
+                        Default: True
             representation_layer, representation_input: as in
                         :class:`~captum_ig2.IterativeGradientIG`.
-            device_ids (list[int], optional): Not supported (DataParallel); must be None.
         """
-        IterativeGradientIG.__init__(self, forward_func, representation_layer, representation_input)
+        IterativeGradientIG.__init__(
+            self, forward_func, representation_layer, representation_input, multiply_by_inputs
+        )
         self._init_layer(layer, device_ids)
 
     @typing.overload
@@ -237,6 +274,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         *,
         return_convergence_delta: Literal[True],
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
         step_size: float | None = None,
         clamp: Any = None,
         nodes: int | None = None,
@@ -258,6 +296,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
         step_size: float | None = None,
         clamp: Any = None,
         nodes: int | None = None,
@@ -279,6 +318,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
         step_size: float | None = None,
         clamp: Any = None,
         nodes: int | None = None,
@@ -297,6 +337,9 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         Args:
             attribute_to_layer_input (bool, optional): Run the path in the layer's input
                         instead of its output. Default: False
+            grad_kwargs (dict, optional): More keyword arguments for ``torch.autograd.grad``,
+                        as in :class:`captum.attr.LayerIntegratedGradients` (with Captum's
+                        default `gradient_func` only). Default: None
 
         Returns:
             **attributions** or 2-element tuple of **attributions**, **delta**: attributions
@@ -308,7 +351,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
             inputs, baselines, target, additional_forward_args, n_steps, method,
             internal_batch_size, step_size, clamp, nodes, epsrel, epsabs, limit, show_progress,
             record=False,
-            attribute_to_layer_input=attribute_to_layer_input,
+            attribute_to_layer_input=attribute_to_layer_input, grad_kwargs=grad_kwargs,
         )  # fmt: skip
         if return_convergence_delta:
             return result.attributions, result.delta
@@ -334,16 +377,23 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         forward_func: Callable[..., Tensor],
         layer: ModuleOrModuleList,
         device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
     ) -> None:
         r"""
+        The arguments of :class:`captum.attr.LayerIntegratedGradients`, in the same order.
+
         Args:
             forward_func (Callable): The forward function of the model or any modification of
                         it.
             layer (torch.nn.Module or list of torch.nn.Module): The layer(s) whose output (or
                         input, with `attribute_to_layer_input`) the path runs in.
             device_ids (list[int], optional): Not supported (DataParallel); must be None.
+            multiply_by_inputs (bool, optional): True: the path integral of
+                        (h_k+1 - h_k) * dF/dh along the guided path in the layer's activations
+                        h (global attribution); False: the mean gradient dF/dh along it (local).
+                        Default: True
         """
-        GuidedIG.__init__(self, forward_func)
+        GuidedIG.__init__(self, forward_func, multiply_by_inputs)
         self._init_layer(layer, device_ids)
 
     @typing.overload
@@ -354,13 +404,14 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         *,
         return_convergence_delta: Literal[True],
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -376,12 +427,13 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: Literal[False] = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -397,12 +449,13 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -418,6 +471,9 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         Args:
             attribute_to_layer_input (bool, optional): Run the path in the layer's input
                         instead of its output. Default: False
+            grad_kwargs (dict, optional): More keyword arguments for ``torch.autograd.grad``,
+                        as in :class:`captum.attr.LayerIntegratedGradients` (with Captum's
+                        default `gradient_func` only). Default: None
 
         Returns:
             **attributions** or 2-element tuple of **attributions**, **delta**: attributions
@@ -425,10 +481,10 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
             a list of layers), and the delta as in :meth:`captum_ig2.GuidedIG.attribute`.
         """
         result = self._compute(
-            inputs, baselines, target, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            inputs, baselines, target, additional_forward_args, n_steps, method,
+            internal_batch_size, fraction, max_dist, nodes, epsrel, epsabs, limit, show_progress,
             record=False,
-            attribute_to_layer_input=attribute_to_layer_input,
+            attribute_to_layer_input=attribute_to_layer_input, grad_kwargs=grad_kwargs,
         )  # fmt: skip
         if return_convergence_delta:
             return result.attributions, result.delta

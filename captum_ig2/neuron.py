@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, Literal
 
+import torch
 from captum._utils.common import _format_output, _verify_select_neuron
 from captum._utils.typing import BaselineType, TensorOrTupleOfTensorsGeneric
 from captum.attr import NeuronAttribution
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT, PathModel
+from captum_ig2._common import Rows
 from captum_ig2._path import Capture, Explain, model_forward, scalar_per_example
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
@@ -35,32 +37,55 @@ def neuron_output(layer: Module, neuron_selector: NeuronSelector, use_input: boo
     capture = Capture(layer, use_input, flat=False)
     stack.callback(capture.remove)
 
-    def explain(output: Any, rows: slice) -> Tensor:
-        value = capture.take()
-        if value is None:
-            raise ValueError(
-                f"`layer` {layer} was not called during the forward pass of the model, so it "
-                "has no neuron to explain."
-            )
-        _check_selection(value, neuron_selector)
-        try:
-            selected = _verify_select_neuron(value, neuron_selector)
-        except (IndexError, AssertionError) as error:
-            shapes = [tuple(v.shape[1:]) for v in value]
-            raise ValueError(
-                f"`neuron_selector` {neuron_selector!r} does not select a neuron of `layer`, "
-                f"whose values have per-example shape(s) {shapes}: {error}"
-            ) from error
-        if selected.dim() > 1 and selected[0].numel() == 1:
-            selected = selected.reshape(selected.shape[0])
-        if selected.dim() != 1:
-            raise ValueError(
-                f"`neuron_selector` must select one value per example, got shape "
-                f"{tuple(selected.shape)}."
-            )
-        return scalar_per_example(selected)
+    def explain(output: Any, rows: Rows) -> Tensor:
+        return select_neuron(capture.take(), layer, neuron_selector)
 
     return explain
+
+
+def select_neuron(value: Any, layer: Module, neuron_selector: NeuronSelector) -> Tensor:
+    """The selected neuron of every row, from the layer's captured values; a callable that
+    returns one number for the whole batch gives a tensor of shape (1,)."""
+    if value is None:
+        raise ValueError(
+            f"`layer` {layer} was not called during the forward pass of the model, so it "
+            "has no neuron to explain."
+        )
+    _check_selection(value, neuron_selector)
+    try:
+        selected = _verify_select_neuron(value, neuron_selector)
+    except (IndexError, AssertionError) as error:
+        shapes = [tuple(v.shape[1:]) for v in value]
+        raise ValueError(
+            f"`neuron_selector` {neuron_selector!r} does not select a neuron of `layer`, "
+            f"whose values have per-example shape(s) {shapes}: {error}"
+        ) from error
+    if selected.dim() > 1 and selected[0].numel() == 1:
+        selected = selected.reshape(selected.shape[0])
+    if selected.dim() > 1:
+        raise ValueError(
+            f"`neuron_selector` must select one value per example, got shape "
+            f"{tuple(selected.shape)}."
+        )
+    return scalar_per_example(selected)
+
+
+def _selects_one_number_per_batch(
+    forward: Any, inputs: tuple[Tensor, ...], layer: Module, neuron_selector: NeuronSelector,
+    use_input: bool,
+) -> bool:  # fmt: skip
+    """Whether a callable ``neuron_selector`` returns one number for a whole batch (which
+    Captum admits) rather than one per example: tried on two copies of the first example."""
+    if not callable(neuron_selector) or inputs[0].shape[0] == 0:
+        return False
+    capture = Capture(layer, use_input, flat=False)
+    try:
+        with torch.no_grad():
+            forward(tuple(t[:1].expand(2, *t.shape[1:]) for t in inputs), torch.tensor([0, 0]))
+        value = capture.take()
+    finally:
+        capture.remove()
+    return select_neuron(value, layer, neuron_selector).numel() == 1
 
 
 def _check_selection(value: tuple[Tensor, ...], neuron_selector: NeuronSelector) -> None:
@@ -106,12 +131,18 @@ class _NeuronPaths:
         neuron_selector: NeuronSelector = 0,
         attribute_to_neuron_input: bool = False,
     ) -> PathModel:
+        forward = model_forward(self.forward_func, additional_forward_args, n_paths)
+        one_per_batch = _selects_one_number_per_batch(
+            forward, inputs, self.layer, neuron_selector, attribute_to_neuron_input
+        )
         return PathModel(
             inputs,
             baselines,
-            model_forward(self.forward_func, additional_forward_args, n_paths),
+            forward,
             neuron_output(self.layer, neuron_selector, attribute_to_neuron_input, stack),
             lambda tensors: _format_output(is_inputs_tuple, tensors),
+            # A selection of one number per batch is that row's value only in a batch of one.
+            rows_at_once=1 if one_per_batch else None,
         )
 
 
@@ -134,20 +165,28 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         self,
         forward_func: Callable[..., Tensor],
         layer: Module,
+        device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
         representation_layer: Module | None = None,
         representation_input: bool = False,
-        device_ids: list[int] | None = None,
     ) -> None:
         r"""
+        The first four arguments are those of :class:`captum.attr.NeuronIntegratedGradients`,
+        in the same order.
+
         Args:
             forward_func (Callable): The forward function of the model or any modification of
                         it.
             layer (torch.nn.Module): The layer that holds the explained neuron.
+            device_ids (list[int], optional): Not supported (DataParallel); must be None.
+            multiply_by_inputs (bool, optional): As in
+                        :class:`~captum_ig2.IterativeGradientIG`. Default: True
             representation_layer, representation_input: as in
                         :class:`~captum_ig2.IterativeGradientIG`.
-            device_ids (list[int], optional): Not supported (DataParallel); must be None.
         """
-        IterativeGradientIG.__init__(self, forward_func, representation_layer, representation_input)
+        IterativeGradientIG.__init__(
+            self, forward_func, representation_layer, representation_input, multiply_by_inputs
+        )
         self._init_layer(layer, device_ids)
 
     @typing.overload
@@ -258,15 +297,20 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         forward_func: Callable[..., Tensor],
         layer: Module,
         device_ids: list[int] | None = None,
+        multiply_by_inputs: bool = True,
     ) -> None:
         r"""
+        The arguments of :class:`captum.attr.NeuronIntegratedGradients`, in the same order.
+
         Args:
             forward_func (Callable): The forward function of the model or any modification of
                         it.
             layer (torch.nn.Module): The layer that holds the explained neuron.
             device_ids (list[int], optional): Not supported (DataParallel); must be None.
+            multiply_by_inputs (bool, optional): As in :class:`~captum_ig2.GuidedIG`.
+                        Default: True
         """
-        GuidedIG.__init__(self, forward_func)
+        GuidedIG.__init__(self, forward_func, multiply_by_inputs)
         self._init_layer(layer, device_ids)
 
     @typing.overload
@@ -277,13 +321,13 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         baselines: BaselineType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         *,
         return_convergence_delta: Literal[True],
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -299,12 +343,12 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         baselines: BaselineType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         return_convergence_delta: Literal[False] = False,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -320,12 +364,12 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         baselines: BaselineType = None,
         additional_forward_args: Any = None,
         n_steps: int = 200,
-        fraction: float = 0.25,
-        max_dist: float = 0.02,
         method: str = GUIDED_IG_METHOD,
         internal_batch_size: int | None = None,
         attribute_to_neuron_input: bool = False,
         return_convergence_delta: bool = False,
+        fraction: float = 0.25,
+        max_dist: float = 0.02,
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
@@ -340,8 +384,8 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         :meth:`NeuronIterativeGradientIG.attribute`.
         """
         result = self._compute(
-            inputs, baselines, None, additional_forward_args, n_steps, fraction, max_dist,
-            method, internal_batch_size, nodes, epsrel, epsabs, limit, show_progress,
+            inputs, baselines, None, additional_forward_args, n_steps, method,
+            internal_batch_size, fraction, max_dist, nodes, epsrel, epsabs, limit, show_progress,
             record=False,
             neuron_selector=neuron_selector, attribute_to_neuron_input=attribute_to_neuron_input,
         )  # fmt: skip

@@ -106,7 +106,9 @@ def test_token_ids_and_additional_forward_args_reach_the_model() -> None:
     model = TextModel()
     ids = torch.randint(1, 30, (2, 5))
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float32)
-    attributions = LayerIterativeGradientIG(model, model.embedding, model.hidden).attribute(
+    attributions = LayerIterativeGradientIG(
+        model, model.embedding, representation_layer=model.hidden
+    ).attribute(
         ids, baselines=torch.zeros(4, 5, dtype=torch.long), target=0,
         additional_forward_args=mask, n_steps=10,
     )  # fmt: skip
