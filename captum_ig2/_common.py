@@ -283,6 +283,11 @@ def format_clamp(
         if not isinstance(c, Sequence) or isinstance(c, str) or len(c) != 2:
             raise ValueError(f"`{where}` must be a pair (low, high), got {c!r}.")
         low, high = bound(c[0], f"{where}[0]", inp), bound(c[1], f"{where}[1]", inp)
+        if isinstance(low, Tensor) != isinstance(high, Tensor) and None not in (low, high):
+            # torch.clamp takes two numbers or two tensors, not one of each
+            like = low if isinstance(low, Tensor) else high
+            low, high = (torch.as_tensor(b, dtype=like.dtype, device=like.device)  # type: ignore[union-attr]
+                         for b in (low, high))  # fmt: skip
         if low is not None and high is not None:
             above = torch.as_tensor(low) > torch.as_tensor(high)
             if bool(above.any()):

@@ -241,7 +241,7 @@ class Quadrature:
         else:
             segment = self._adaptive(start, end, evaluate, observer)
         if self.tolerance is not None:
-            residual = segment.residual.double().cpu().numpy()
+            residual = segment.residual.detach().double().cpu().numpy()
             self._running = residual if self._running is None else self._running + residual
         self._segment += 1
         return segment
@@ -400,7 +400,8 @@ class Quadrature:
         if self.tolerance is None:
             return torch.zeros(n_open, dtype=torch.bool)
         paths = pieces.paths.numpy()
-        residual = r.double().cpu().numpy()  # the one sync per level: which pieces to bisect
+        # the one sync per level: which pieces to bisect
+        residual = r.detach().double().cpu().numpy()
         tol = self.tolerance[paths]
         # 1. Each piece's share of the segment's tolerance.
         allowed = tol * (pieces.hi - pieces.lo).numpy() / math.sqrt(self.n_steps)

@@ -16,6 +16,7 @@ neuron at once, so the cost does not grow with the number of neurons.
 from __future__ import annotations
 
 import inspect
+import threading
 import warnings
 from typing import Any
 
@@ -35,6 +36,10 @@ from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 from captum_ig2.layer import _LayerPaths
 from captum_ig2.neuron import _NeuronPaths
+
+# PyTorch's forward-mode AD has one dual level for the whole process, not one per thread:
+# concurrent conductance calls take turns at their forward-mode section.
+_FORWARD_AD_LOCK = threading.Lock()
 
 with warnings.catch_warnings():
     # Forward AD registers torch's own jvp decompositions through torch.jit.script on first
@@ -110,7 +115,7 @@ class _ConductanceObserver:
                     for s, d in zip(start, direction)
                 )
                 weights = node_weights[rows]
-                with torch.enable_grad(), fwAD.dual_level():
+                with _FORWARD_AD_LOCK, torch.enable_grad(), fwAD.dual_level():
                     duals = tuple(
                         fwAD.make_dual(
                             p.detach().requires_grad_(),
