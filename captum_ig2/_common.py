@@ -81,6 +81,11 @@ def check_integration(method: Any, nodes: Any, epsrel: Any, epsabs: Any, limit: 
         )
     if nodes is None:
         nodes = DEFAULT_NODES[method]
+    if method == "riemann_trapezoid" and isinstance(nodes, numbers.Integral) and nodes == 1:
+        raise ValueError(
+            "`nodes` must be at least 2 with method='riemann_trapezoid' (a node at each end of "
+            "a segment), got 1; one node per segment is method='riemann_left' (the papers' sum)."
+        )
     nodes = _check_int("nodes", nodes, 2 if method == "riemann_trapezoid" else 1)
     if epsrel is not None:
         epsrel = _check_tolerance("epsrel", epsrel)
@@ -150,11 +155,12 @@ def _baseline_for(inp: Tensor, baseline: Any, i: int) -> tuple[Tensor, bool]:
     if baseline.dim() == inp.dim() + 1 and baseline.shape[2:] == feature_shape:
         if baseline.shape[0] in (1, n):
             return baseline, True  # (N, R, *F) per-input sets, or (1, R, *F) one shared set
+    forms = "(1, *F)" if n == 1 else f"({n}, *F) or (1, *F)"
+    sets = "(1, R, *F)" if n == 1 else f"({n}, R, *F) or (1, R, *F)"
     raise ValueError(
         f"`baselines[{i}]` has shape {tuple(baseline.shape)}, which does not fit input "
-        f"{i} of shape {tuple(inp.shape)}: expected a scalar, ({n}, *F), (1, *F), a reference "
-        f"set (R, *F), or reference sets ({n}, R, *F) or (1, R, *F), with F = "
-        f"{tuple(feature_shape)}."
+        f"{i} of shape {tuple(inp.shape)}: expected a scalar, {forms}, a reference set "
+        f"(R, *F), or reference sets {sets}, with F = {tuple(feature_shape)}."
     )
 
 

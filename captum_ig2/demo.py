@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         if name == "IG2":
             gradcf = path.end.mean(dim=1)  # the GradCF averaged over the references
 
-    print(f"\n{len(x)} test digits, {steps} steps, targets {target.tolist()}")
+    print(
+        f"\n{len(x)} test digits, {steps} steps, targets {target.tolist()}; IG2 walks "
+        f"{references.shape[1]} GradPaths per digit (its gradients count them all)"
+    )
     print(
         f"{'method':20s} {'|delta| / |gap|, max':>21s} {'gradients per digit':>20s} {'time s':>7s}"
     )
