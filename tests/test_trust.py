@@ -458,3 +458,15 @@ def test_a_neuron_selector_returning_one_number_per_batch_equals_the_per_example
             nodes=1, epsrel=None,
         )  # fmt: skip
         torch.testing.assert_close(ours, captum, rtol=1e-5, atol=1e-7)
+
+
+def test_one_trapezoid_node_is_rejected_pointing_at_the_left_rule() -> None:
+    with pytest.raises(ValueError, match=r"riemann_trapezoid.*riemann_left"):
+        GuidedIG(mlp()).attribute(torch.rand(2, 6).double(), target=0, nodes=1)
+
+
+def test_a_bad_reference_shape_names_each_accepted_form_once() -> None:
+    x = torch.rand(1, 6).double()
+    with pytest.raises(ValueError, match=r"baselines\[0\]") as error:
+        IterativeGradientIG(mlp()).attribute(x, torch.rand(1, 2, 5).double(), target=0)
+    assert str(error.value).count("(1, *F)") == 1
