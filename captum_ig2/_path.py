@@ -161,7 +161,14 @@ def target_output(target: Any) -> Explain:
     """Selects each path's ``target`` from the model output, as Captum's ``_select_targets``."""
 
     def explain(output: Any, rows: Rows) -> Tensor:
-        return scalar_per_example(_select_targets(output, slice_target(target, rows)))
+        try:
+            selected = _select_targets(output, slice_target(target, rows))
+        except (IndexError, AssertionError, RuntimeError) as error:  # only the output is indexed
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"`target` does not select from the model output of shape {shape}: {error}."
+            ) from error
+        return scalar_per_example(selected)
 
     return explain
 

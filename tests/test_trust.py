@@ -470,3 +470,12 @@ def test_a_bad_reference_shape_names_each_accepted_form_once() -> None:
     with pytest.raises(ValueError, match=r"baselines\[0\]") as error:
         IterativeGradientIG(mlp()).attribute(x, torch.rand(1, 2, 5).double(), target=0)
     assert str(error.value).count("(1, *F)") == 1
+
+
+@pytest.mark.parametrize("cls", INPUT_CLASSES + LAYER_CLASSES)
+@pytest.mark.parametrize("target", [5000, (1, 3), [0, 7]])
+def test_a_target_beyond_the_output_is_a_value_error_naming_target(cls, target) -> None:  # type: ignore[no-untyped-def]
+    net = mlp()
+    explainer = cls(net) if cls in INPUT_CLASSES else cls(net, net[1])
+    with pytest.raises(ValueError, match=r"`target`.*\(2, 3\)"):
+        explainer.attribute(torch.rand(2, 6).double(), target=target, n_steps=3)
