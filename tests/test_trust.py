@@ -317,38 +317,26 @@ def test_numpy_integers_are_accepted_where_captum_takes_an_int(cls, n_steps) -> 
 # ----------------------------------------------------------------------------------------
 
 
-def test_guided_ig_local_attribution_on_the_straight_line_equals_captum_local_ig() -> None:
+@pytest.mark.parametrize(
+    "ours_cls, captum_cls, selection",
+    [
+        (GuidedIG, IntegratedGradients, {"target": 1}),
+        (LayerGuidedIG, LayerIntegratedGradients, {"target": 1}),
+        (NeuronGuidedIG, NeuronIntegratedGradients, {"neuron_selector": 2}),
+    ],
+    ids=["input", "layer", "neuron"],
+)
+def test_local_attribution_on_the_straight_line_equals_captum_local_ig(
+    ours_cls, captum_cls, selection
+) -> None:  # type: ignore[no-untyped-def]
     net = mlp()
     x = torch.rand(3, 6, dtype=torch.float64)
-    ours = GuidedIG(net, multiply_by_inputs=False).attribute(
-        x, target=1, n_steps=16, max_dist=0.0, method="riemann_left", nodes=1, epsrel=None
+    layer = () if ours_cls is GuidedIG else (net[1],)
+    ours = ours_cls(net, *layer, multiply_by_inputs=False).attribute(
+        x, **selection, n_steps=16, max_dist=0.0, method="riemann_left", nodes=1, epsrel=None
     )
-    captum = IntegratedGradients(net, multiply_by_inputs=False).attribute(
-        x, target=1, n_steps=16, method="riemann_left"
-    )
-    torch.testing.assert_close(ours, captum, rtol=1e-5, atol=1e-7)
-
-
-def test_layer_local_attribution_equals_captum_layer_local_ig() -> None:
-    net = mlp()
-    x = torch.rand(3, 6, dtype=torch.float64)
-    ours = LayerGuidedIG(net, net[1], multiply_by_inputs=False).attribute(
-        x, target=1, n_steps=16, max_dist=0.0, method="riemann_left", nodes=1, epsrel=None
-    )
-    captum = LayerIntegratedGradients(net, net[1], multiply_by_inputs=False).attribute(
-        x, target=1, n_steps=16, method="riemann_left"
-    )
-    torch.testing.assert_close(ours, captum, rtol=1e-5, atol=1e-7)
-
-
-def test_neuron_local_attribution_equals_captum_neuron_local_ig() -> None:
-    net = mlp()
-    x = torch.rand(3, 6, dtype=torch.float64)
-    ours = NeuronGuidedIG(net, net[1], multiply_by_inputs=False).attribute(
-        x, 2, n_steps=16, max_dist=0.0, method="riemann_left", nodes=1, epsrel=None
-    )
-    captum = NeuronIntegratedGradients(net, net[1], multiply_by_inputs=False).attribute(
-        x, 2, n_steps=16, method="riemann_left"
+    captum = captum_cls(net, *layer, multiply_by_inputs=False).attribute(
+        x, **selection, n_steps=16, method="riemann_left"
     )
     torch.testing.assert_close(ours, captum, rtol=1e-5, atol=1e-7)
 
