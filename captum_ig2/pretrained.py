@@ -19,10 +19,31 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PHOTOS", "NormalizedEfficientNet", "efficientnet_lite0", "photo", "photo_array"]
+__all__ = [
+    "CROPS",
+    "PHOTOS",
+    "NormalizedEfficientNet",
+    "efficientnet_lite0",
+    "photo",
+    "photo_array",
+    "photo_crops",
+]
 
 #: The photos by name: scikit-image's and scikit-learn's colour photos.
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "china", "flower")
+
+#: The crops of every photo in :func:`photo_crops`: (side, top, left), the side as a fraction of
+#: the photo's shorter side and the corner as a fraction of the room left in each direction
+#: (0: top or left edge, 0.5: centred, 1: bottom or right edge).
+CROPS = (
+    (1.0, 0.5, 0.5),
+    (0.8, 0.0, 0.0),
+    (0.8, 0.0, 1.0),
+    (0.8, 1.0, 0.0),
+    (0.8, 1.0, 1.0),
+    (0.6, 0.5, 0.5),
+    (0.7, 0.3, 0.7),
+)
 
 
 class NormalizedEfficientNet(nn.Module):
@@ -82,15 +103,45 @@ def photo_array(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
+def _square(image: np.ndarray, crop: tuple[float, float, float], size: int) -> Tensor:
+    """The square ``crop`` (see :data:`CROPS`) of an (H, W, 3) image, resized to ``size``."""
+    try:
+        from skimage.transform import resize
+    except ImportError as error:
+        raise _missing(error) from error
+
+    scale, top_at, left_at = crop
+    h, w = image.shape[:2]
+    side = max(1, round(scale * min(h, w)))
+    top, left = round(top_at * (h - side)), round(left_at * (w - side))
+    square = image[top : top + side, left : left + side]
+    resized = resize(square, (size, size), anti_aliasing=True)  # floats in [0, 1]
+    return torch.tensor(resized, dtype=torch.float32).permute(2, 0, 1)
+
+
 def photo(name: str, size: int = 224) -> Tensor:
     """The photo ``name`` centre-cropped to a square and resized to ``size``: (1, 3, size, size)
     in [0, 1], float32."""
-    image = photo_array(name)
-    from skimage.transform import resize
+    if not (isinstance(size, int) and size > 0):
+        raise ValueError(f"`size` must be a positive int, got {size!r}.")
+    return _square(photo_array(name), CROPS[0], size).unsqueeze(0)
 
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = image[top : top + side, left : left + side]
-    resized = resize(square, (size, size), anti_aliasing=True)  # floats in [0, 1]
-    return torch.tensor(resized, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
+
+def photo_crops(
+    names: tuple[str, ...] = PHOTOS, crops: int = len(CROPS), size: int = 224
+) -> tuple[Tensor, list[str]]:
+    """The first ``crops`` square crops of :data:`CROPS` of every photo in ``names``, resized
+    to ``size``: a (len(names) * crops, 3, size, size) tensor in [0, 1] and a label per row,
+    ``"name/k"`` for the k-th crop. The benchmarks' and tutorial 5's inputs: with the six
+    :data:`PHOTOS` and all seven crops, 42 images."""
+    if not (isinstance(crops, int) and 1 <= crops <= len(CROPS)):
+        raise ValueError(f"`crops` must be an int in [1, {len(CROPS)}], got {crops!r}.")
+    if not (isinstance(size, int) and size > 0):
+        raise ValueError(f"`size` must be a positive int, got {size!r}.")
+    images, labels = [], []
+    for name in names:
+        array = photo_array(name)
+        for k in range(crops):
+            images.append(_square(array, CROPS[k], size))
+            labels.append(f"{name}/{k}")
+    return torch.stack(images), labels

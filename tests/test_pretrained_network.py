@@ -51,3 +51,31 @@ def test_default_converges_on_efficientnet_lite0(name: str, network) -> None:  #
         default.attributions.flatten(), fine.attributions.flatten(), dim=0
     )
     assert cosine > 0.98
+
+
+def test_photo_crops_are_the_stated_squares_of_every_photo() -> None:
+    from skimage.transform import resize
+
+    from captum_ig2.pretrained import CROPS, PHOTOS, photo_array, photo_crops
+
+    images, labels = photo_crops(size=32)
+    assert images.shape == (len(PHOTOS) * len(CROPS), 3, 32, 32)
+    assert labels[0] == f"{PHOTOS[0]}/0" and len(set(labels)) == len(labels)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    torch.testing.assert_close(images[:1], photo(PHOTOS[0], 32))  # crop 0 is photo()'s square
+    # crop 2 of coffee (400 x 600): side 0.8 * 400 = 320 at the top right corner
+    array = photo_array("coffee")
+    expected = resize(array[0:320, 280:600], (32, 32), anti_aliasing=True)
+    row = labels.index("coffee/2")
+    expected_tensor = torch.tensor(expected, dtype=torch.float32).permute(2, 0, 1)
+    torch.testing.assert_close(images[row], expected_tensor)
+    assert len({tuple(image.flatten()[:50].tolist()) for image in images}) == len(images)
+
+
+@pytest.mark.parametrize("kwargs", [dict(crops=0), dict(crops=8), dict(size=0), dict(crops=1.5)])
+def test_photo_crops_rejects_bad_arguments(kwargs: dict) -> None:
+    from captum_ig2.pretrained import photo_crops
+
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        photo_crops(**kwargs)
