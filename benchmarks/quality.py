@@ -83,7 +83,6 @@ import argparse
 import itertools
 import json
 import math
-import random
 import textwrap
 import time
 import types
@@ -97,6 +96,25 @@ from typing import Any
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients
+from common.metrics import (
+    curve_auc,
+    gaussian_blur,
+    importance_order,
+    importance_ranks,
+    perturbation_curves,
+    tie_break_permutations,
+)
+from common.report import (
+    RANDOM,
+    Metric,
+    Stopwatch,
+    find_winner,
+    metric_to_json,
+    print_paragraph,
+    rank_of,
+    seed_everything,
+)
+from common.report import print_table as print_metrics_table
 from torch import Tensor, nn
 
 from captum_ig2 import GuidedIG, IterativeGradientIG
@@ -107,7 +125,6 @@ IG_BLUR = "IG (blurred baseline)"
 GUIDED = "Guided IG"
 IG2 = "IG2"
 GRADCF = "GradCF difference"
-RANDOM = "random (control)"
 METHODS = (IG_ZERO, IG_BLUR, GUIDED, IG2, GRADCF)
 SHORT = {
     IG_ZERO: "IG-0",
@@ -185,174 +202,45 @@ class Config:
     threads: int
 
 
-def seed_everything(seed: int) -> None:
-    """Seeds Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (PAIR's generate_random_mask draws from it)
-    torch.manual_seed(seed)
-
-
-@dataclass
-class Stopwatch:
-    """Wall time of the stages of a run, in seconds, in the order they ran."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Times the ``with`` block as stage ``name``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = time.perf_counter() - start
-
-
 # --------------------------------------------------------------------------------------------
-# Metrics and their summaries
+# Tables (common.report with this benchmark's short names)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Metric:
-    """Per-example values of one score for every method.
-
-    Attributes
-    ----------
-    key : str
-        Identifier, used in the JSON output.
-    column : str
-        Column header in the printed table.
-    higher_is_better : bool
-        The score's direction.
-    values : dict[str, numpy.ndarray]
-        Method name -> per-example values; every method is scored on the same examples.
-    aggregate : dict[str, float] or None
-        An optional second summary per method (PIC: PAIR's AUC of the median curve).
-    """
-
-    key: str
-    column: str
-    higher_is_better: bool
-    values: dict[str, np.ndarray]
-    aggregate: dict[str, float] | None = None
-
-    @property
-    def n(self) -> int:
-        """The number of examples scored."""
-        return len(next(iter(self.values.values())))
-
-    def mean(self, method: str) -> float:
-        """The mean score of ``method`` (NaN without examples)."""
-        v = self.values[method]
-        return float(v.mean()) if len(v) else math.nan
-
-    def sem(self, method: str) -> float:
-        """The standard error of the mean score of ``method``."""
-        return standard_error(self.values[method])
-
-
-@dataclass
-class Winner:
-    """The best method on a metric and how clearly it beats the runner-up."""
-
-    method: str
-    runner_up: str
-    difference: float  # mean of (winner - runner-up), per example, in the metric's units
-    standard_error: float  # of that paired difference
-    clear: bool  # |difference| >= 2 standard errors
-
-
-def standard_error(values: np.ndarray) -> float:
-    """The standard error of the mean (NaN for fewer than two values)."""
-    if len(values) < 2:
-        return math.nan
-    return float(values.std(ddof=1) / math.sqrt(len(values)))
-
-
-def ranked_methods(metric: Metric, methods: Sequence[str] = METHODS) -> list[str]:
-    """``methods`` ordered best first by their mean score on ``metric``."""
-    sign = -1.0 if metric.higher_is_better else 1.0
-    return sorted(methods, key=lambda m: sign * metric.mean(m))
-
-
-def find_winner(metric: Metric) -> Winner | None:
-    """The best of the five methods, with a paired comparison to the runner-up."""
-    if metric.n == 0:
-        return None
-    best, second = ranked_methods(metric)[:2]
-    diff = metric.values[best] - metric.values[second]
-    se = standard_error(diff)
-    mean_diff = float(diff.mean())
-    clear = bool(se > 0 and abs(mean_diff) >= 2 * se) or bool(se == 0 and mean_diff != 0)
-    return Winner(best, second, mean_diff, se, clear)
-
-
-def rank_of(metric: Metric, method: str) -> int:
-    """The 1-based rank of ``method`` among the five methods on ``metric``."""
-    return ranked_methods(metric).index(method) + 1
-
-
-# --------------------------------------------------------------------------------------------
-# Printing
-# --------------------------------------------------------------------------------------------
-
-
-def format_cell(metric: Metric, method: str) -> str:
-    """``mean +- sem``, and PAIR's aggregate in brackets where the metric has one."""
-    if metric.n == 0:
-        return "n/a"
-    cell = f"{metric.mean(method):.3f} ± {metric.sem(method):.3f}"
-    if metric.aggregate is not None:
-        cell += f" [{metric.aggregate[method]:.3f}]"
-    return cell
-
-
-def format_winner(metric: Metric) -> str:
-    """The winner's short name, ``*`` if clear, ``~`` if within two standard errors."""
-    winner = find_winner(metric)
-    if winner is None:
-        return "n/a"
-    return SHORT[winner.method] + (" *" if winner.clear else " ~")
 
 
 def print_table(title: str, metrics: Sequence[Metric], note: str = "") -> None:
-    """Prints one table: methods as rows, metrics as columns, then n and the winner."""
-    width = max(16, *(len(m.column) + 2 for m in metrics))
-    if any(m.aggregate is not None for m in metrics):
-        width = max(width, 26)
-    print("\n" + textwrap.fill(title, width=100))
-    if note:
-        print(textwrap.fill(note, width=100))
-    print(f"{'method':24s}" + "".join(f"{m.column:>{width}s}" for m in metrics))
-    for method in (*METHODS, RANDOM):
-        print(f"{method:24s}" + "".join(f"{format_cell(m, method):>{width}s}" for m in metrics))
-    print(f"{'n (examples)':24s}" + "".join(f"{m.n:>{width}d}" for m in metrics))
-    print(f"{'winner':24s}" + "".join(f"{format_winner(m):>{width}s}" for m in metrics))
+    """Prints one table of :mod:`common.report`, winners by their short names."""
+    print_metrics_table(title, metrics, note=note, short=SHORT)
 
 
-def print_paragraph(text: str) -> None:
-    """Prints ``text`` wrapped to 100 columns, as a bullet."""
-    print(textwrap.fill(text, width=100, initial_indent="- ", subsequent_indent="  "))
+def deletion_insertion_metrics(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    orders: dict[str, Tensor],
+    fills: dict[str, Tensor],
+    tag: str = "",
+) -> tuple[list[Metric], list[Metric]]:
+    """Deletion and insertion AUC per fill for every method (columns: fills), every pixel a
+    point of the curve.
+
+    ``tag`` is appended to the metric kind in the keys, e.g. ``deletion-abs/noise``.
+    """
+    deletion, insertion = [], []
+    for fill_name, fill in fills.items():
+        for insert, metrics in ((False, deletion), (True, insertion)):
+            values = {
+                name: curve_auc(perturbation_curves(model, x, target, order, fill, insert))
+                for name, order in orders.items()
+            }
+            kind = "insertion" if insert else "deletion"
+            column = f"{fill_name} fill " + ("↑" if insert else "↓")
+            metrics.append(Metric(f"{kind}{tag}/{fill_name}", column, insert, values))
+    return deletion, insertion
 
 
 # --------------------------------------------------------------------------------------------
 # Attribution methods
 # --------------------------------------------------------------------------------------------
-
-
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Blurs images (N, C, H, W) with a separable Gaussian, replicate padding at the borders."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    rows = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    cols = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    padded = nn.functional.pad(x, (radius, radius, radius, radius), mode="replicate")
-    blurred = nn.functional.conv2d(padded, rows, groups=channels)
-    return nn.functional.conv2d(blurred, cols, groups=channels)
 
 
 #: The rule of the tables in the README: the trapezoid rule on the ends of every segment, without
@@ -649,59 +537,6 @@ def run_planted_benchmark(config: Config, clock: Stopwatch) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def tie_break_permutations(n: int, n_pixels: int, seed: int) -> Tensor:
-    """One fixed random permutation of the pixels per example, shared by every method."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(n_pixels, generator=generator) for _ in range(n)])
-
-
-def importance_order(scores: Tensor, tie_break: Tensor) -> Tensor:
-    """Pixel indices (N, P), highest score first, ties in the order of ``tie_break``."""
-    shuffled = scores.flatten(1).gather(1, tie_break)
-    order = torch.sort(shuffled, dim=1, descending=True, stable=True).indices
-    return tie_break.gather(1, order)
-
-
-def importance_ranks(order: Tensor) -> Tensor:
-    """Per pixel, its position in ``order`` reversed: P - 1 for the most important pixel."""
-    n, p = order.shape
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(p - 1, -1, -1).expand(n, p).contiguous())
-    return ranks
-
-
-def class_probability(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-    """The softmax probability of ``target`` for every example."""
-    with torch.no_grad():
-        return torch.softmax(model(x), dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-
-
-def perturbation_curves(
-    model: nn.Module, x: Tensor, target: Tensor, order: Tensor, fill: Tensor, insert: bool
-) -> Tensor:
-    """The class probability after changing the k most important pixels, k = 0..P: (N, P + 1).
-
-    Deletion (``insert=False``) replaces those pixels of ``x`` with ``fill``; insertion
-    (``insert=True``) puts them from ``x`` into ``fill``.
-    """
-    n, p = order.shape
-    position = torch.empty_like(order)
-    position.scatter_(1, order, torch.arange(p).expand(n, p).contiguous())
-    changed = position.unsqueeze(1) < torch.arange(p + 1).view(1, p + 1, 1)  # (N, P+1, P)
-    image = x.flatten(1).unsqueeze(1)
-    other = fill.expand_as(x).flatten(1).unsqueeze(1)
-    points = torch.where(changed, image, other) if insert else torch.where(changed, other, image)
-    probabilities = class_probability(
-        model, points.reshape(n * (p + 1), *x.shape[1:]), target.repeat_interleave(p + 1)
-    )
-    return probabilities.reshape(n, p + 1)
-
-
-def curve_auc(curves: Tensor) -> np.ndarray:
-    """The area under each curve over the fraction of pixels changed, [0, 1]."""
-    return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1).double().numpy()
-
-
 def make_fills(x: Tensor, data: Digits, config: Config) -> dict[str, Tensor]:
     """The values a removed pixel takes, per fill (see the module docstring)."""
     generator = torch.Generator().manual_seed(config.seed + 2)
@@ -711,31 +546,6 @@ def make_fills(x: Tensor, data: Digits, config: Config) -> dict[str, Tensor]:
         "noise": torch.rand(x.shape, generator=generator),
         "blur": gaussian_blur(x, config.blur_sigma),
     }
-
-
-def deletion_insertion_metrics(
-    model: nn.Module,
-    x: Tensor,
-    target: Tensor,
-    orders: dict[str, Tensor],
-    fills: dict[str, Tensor],
-    tag: str = "",
-) -> tuple[list[Metric], list[Metric]]:
-    """Deletion and insertion AUC per fill for every method (columns: fills).
-
-    ``tag`` is appended to the metric kind in the keys, e.g. ``deletion-abs/noise``.
-    """
-    deletion, insertion = [], []
-    for fill_name, fill in fills.items():
-        for insert, metrics in ((False, deletion), (True, insertion)):
-            values = {
-                name: curve_auc(perturbation_curves(model, x, target, order, fill, insert))
-                for name, order in orders.items()
-            }
-            kind = "insertion" if insert else "deletion"
-            column = f"{fill_name} fill " + ("↑" if insert else "↓")
-            metrics.append(Metric(f"{kind}{tag}/{fill_name}", column, insert, values))
-    return deletion, insertion
 
 
 def absolute_ranking_metrics(
@@ -1254,27 +1064,6 @@ def print_conclusions(planted: dict[str, Any], digits: dict[str, Any]) -> list[s
 # --------------------------------------------------------------------------------------------
 # Output and entry point
 # --------------------------------------------------------------------------------------------
-
-
-def metric_to_json(metric: Metric) -> dict[str, Any]:
-    """A metric with every per-example value, its summaries and its winner."""
-    winner = find_winner(metric)
-    return {
-        "key": metric.key,
-        "higher_is_better": metric.higher_is_better,
-        "n": metric.n,
-        "winner": None if winner is None else winner.method,
-        "winner_clear": None if winner is None else winner.clear,
-        "methods": {
-            name: {
-                "mean": metric.mean(name),
-                "sem": metric.sem(name),
-                "aggregate": None if metric.aggregate is None else metric.aggregate[name],
-                "values": metric.values[name].tolist(),
-            }
-            for name in metric.values
-        },
-    }
 
 
 def public(section: dict[str, Any]) -> dict[str, Any]:
