@@ -4,7 +4,7 @@ Run ``python -m captum_ig2.demo`` (needs the ``demo`` extra: scikit-learn and ma
 trains the CNN in a few seconds on the CPU, attributes a few test digits with Captum's
 IntegratedGradients (zero baseline), GuidedIG and IterativeGradientIG (references: training
 digits of the other classes), prints each method's completeness error and writes one
-side-by-side figure.
+side-by-side figure, in Captum's colours (green: positive attribution, red: negative).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -153,42 +154,46 @@ def main(argv: list[str] | None = None) -> None:
         "Gauss-Legendre on the straight line; Guided IG and IG2: the default quadrature, "
         "refined to 2 %)"
     )
-    save_figure(x, target, results, gradcf, args.out)
+    attribution_figure(x, target, results, gradcf).savefig(args.out, dpi=110)
     print(f"\nwrote {args.out}")
 
 
-def save_figure(
+def attribution_figure(
     x: Tensor,
     target: Tensor,
     results: dict[str, tuple[Tensor, Tensor]],
     gradcf: Tensor,
-    out: Path,
-) -> None:
-    import matplotlib
+) -> Any:
+    """One row per digit: the input, each method's map in Captum's colours with its colour bar,
+    and the mean GradCF; a matplotlib ``Figure``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from captum_ig2.visualization import attribution_convention, draw_attribution
 
     columns = ["input", *results, "GradCF (mean)"]
-    fig, axes = plt.subplots(len(x), len(columns), figsize=(2.1 * len(columns), 2.1 * len(x)))
-    axes = axes.reshape(len(x), len(columns))
+    fig = Figure(figsize=(2.1 * len(columns), 2.5 * len(x) + 0.8), layout="constrained")
+    axes = fig.subplots(len(x), len(columns), squeeze=False)
     for i in range(len(x)):
-        axes[i, 0].imshow(x[i, 0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+        for ax, image in ((axes[i, 0], x[i, 0]), (axes[i, -1], gradcf[i, 0])):
+            shown = ax.imshow(image.detach().numpy(), cmap="gray_r", vmin=0, vmax=1)
+            bar = fig.colorbar(shown, ax=ax, orientation="horizontal", shrink=0.9, aspect=12,
+                               pad=0.03)  # fmt: skip
+            bar.set_ticks([0.0, 1.0])
+            bar.ax.tick_params(labelsize=7)
         axes[i, 0].set_ylabel(f"class {int(target[i])}")
-        for j, (_, (attr, _)) in enumerate(results.items(), start=1):
-            a = attr[i, 0].detach().numpy()
-            bound = float(abs(a).max()) or 1.0
-            axes[i, j].imshow(a, cmap="bwr", vmin=-bound, vmax=bound)
-        axes[i, -1].imshow(gradcf[i, 0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+        for j, (attr, _) in enumerate(results.values(), start=1):
+            draw_attribution(axes[i, j], attr[i])
     for j, name in enumerate(columns):
         axes[0, j].set_title(name, fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Attributions (red: for the class, blue: against)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    fig.suptitle("Attributions of the predicted class", fontsize=10)
+    fig.supxlabel(
+        f"{attribution_convention()}.\nInput and GradCF: ink in black (pixel values 0 to 1).",
+        fontsize=8,
+    )
+    return fig
 
 
 if __name__ == "__main__":

@@ -10,6 +10,15 @@ sequences as (L,) or (L, D), and returns a matplotlib ``Figure``; none calls ``p
 - :func:`visualize_attributions`: attribution maps of several methods side by side;
 - :func:`visualize_token_attributions`: per-token attributions as bars, and
   :func:`text_record` to hand them to ``captum.attr.visualization.visualize_text``.
+
+**One colour convention, Captum's** (``visualize_image_attr``): signed attributions in the
+diverging map "RdWhGn" (red negative, white zero, green positive), positive-only in "Greens",
+negative-only in "Reds", absolute values in "Blues". Each map is scaled as Captum scales it:
+its largest |attributions|, which together make up ``outlier_perc`` = 2 % of the total
+|attribution|, saturate the colours. The building blocks are public for other figures:
+:func:`attribution_cmap` (the colour map of a sign), :func:`attribution_scale` (where a map's
+colours saturate), :func:`draw_attribution` (one map with its colour bar on an axis) and
+:func:`attribution_convention` (the line a figure states its colours with).
 """
 
 from __future__ import annotations
@@ -20,11 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 from captum.attr import visualization as viz
+from matplotlib.colors import Colormap, LinearSegmentedColormap
 from torch import Tensor
 
 from captum_ig2._attribution import AttributionPath
 
 __all__ = [
+    "OUTLIER_PERC",
+    "attribution_cmap",
+    "attribution_convention",
+    "attribution_scale",
+    "draw_attribution",
     "text_record",
     "visualize_attributions",
     "visualize_counterfactual",
@@ -33,13 +48,186 @@ __all__ = [
     "visualize_token_attributions",
 ]
 
+OUTLIER_PERC = 2
+"""Captum's default ``outlier_perc``: the largest |attributions| making up this percentage of
+the total saturate the colour scale."""
 
-def _figure(n_rows: int, n_cols: int, size: float = 2.2) -> tuple[Any, np.ndarray]:
+# Captum's own maps (``_initialize_cmap_and_vmin_vmax`` in captum/attr/_utils/visualization.py).
+_RDWHGN = LinearSegmentedColormap.from_list("RdWhGn", ["red", "white", "green"])
+_SIGN_CMAPS = {"all": "RdWhGn", "positive": "Greens", "negative": "Reds", "absolute_value": "Blues"}
+_SIGN_WORDS = {
+    "all": "green: positive attribution, red: negative, white: zero",
+    "positive": "green: positive attribution (negative ones not shown)",
+    "negative": "red: negative attribution (positive ones not shown)",
+    "absolute_value": "blue: |attribution|",
+}
+
+
+def _check_sign(sign: str) -> None:
+    if sign not in _SIGN_CMAPS:
+        raise ValueError(f"`sign` must be one of {sorted(_SIGN_CMAPS)}, got {sign!r}.")
+
+
+def attribution_cmap(sign: str = "all") -> Colormap:
+    """Captum's colour map for attribution maps of this ``sign``.
+
+    >>> cmap = attribution_cmap()  # signed: -1 -> red, 0 -> white, +1 -> green
+    >>> [tuple(round(float(c), 2) for c in cmap(v)[:3]) for v in (0.0, 0.5, 1.0)]
+    [(1.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.0, 0.5, 0.0)]
+
+    Args:
+        sign: ``"all"`` (signed: "RdWhGn", red at the negative end, white at zero, green at the
+            positive end), ``"positive"`` ("Greens"), ``"negative"`` ("Reds", darker for more
+            negative) or ``"absolute_value"`` ("Blues").
+
+    Returns:
+        matplotlib ``Colormap``.
+    """
+    _check_sign(sign)
+    if sign == "all":
+        return _RDWHGN
+    from matplotlib import colormaps
+
+    return colormaps[_SIGN_CMAPS[sign]]
+
+
+def _signed_part(values: np.ndarray, sign: str) -> np.ndarray:
+    if sign == "positive":
+        return np.maximum(values, 0.0)
+    if sign == "negative":
+        return np.minimum(values, 0.0)
+    if sign == "absolute_value":
+        return np.abs(values)
+    return values
+
+
+def attribution_scale(
+    attribution: Tensor | np.ndarray, sign: str = "all", outlier_perc: float = OUTLIER_PERC
+) -> float:
+    """Where Captum's colour scale of a map saturates: the smallest of the largest
+    |attributions| that together make up ``outlier_perc`` % of the total |attribution|
+    (channels summed first, as Captum does). 0 for an all-zero map.
+
+    Args:
+        attribution: one map, (C, H, W) or (H, W).
+        sign: which part is drawn (see :func:`attribution_cmap`).
+        outlier_perc: Captum's ``outlier_perc``.
+
+    Returns:
+        the scale s >= 0; the map's colours span [-s, s] (``sign="all"``) or [0, s].
+    """
+    _check_sign(sign)
+    values = np.abs(_signed_part(_map2d(attribution), sign)).ravel()
+    ordered = np.sort(values)
+    cumulative = np.cumsum(ordered)
+    if cumulative[-1] <= 0:
+        return 0.0
+    index = int(np.searchsorted(cumulative, cumulative[-1] * (100.0 - outlier_perc) / 100.0))
+    return float(ordered[min(index, len(ordered) - 1)])
+
+
+def attribution_convention(sign: str = "all", outlier_perc: float = OUTLIER_PERC) -> str:
+    """The line a figure states its colours with, e.g. as a caption:
+
+    >>> attribution_convention()
+    "green: positive attribution, red: negative, white: zero (Captum's colours); each map saturates at its largest |attributions|, which make up 2 % of its total"
+    """  # noqa: E501
+    _check_sign(sign)
+    return (
+        f"{_SIGN_WORDS[sign]} (Captum's colours); each map saturates at its largest "
+        f"|attributions|, which make up {outlier_perc:g} % of its total"
+    )
+
+
+def draw_attribution(
+    ax: Any,
+    attribution: Tensor | np.ndarray,
+    sign: str = "all",
+    outlier_perc: float = OUTLIER_PERC,
+    title: str | None = None,
+    colorbar: bool = True,
+) -> Any:
+    """One attribution map on a matplotlib axis, in Captum's colours and scale, with a colour bar
+    in the attribution's own units (arrows mark the clipped outliers).
+
+    The picture is the one ``captum.attr.visualization.visualize_image_attr(..., "heat_map",
+    sign)`` draws; only the colour bar's ticks are the attribution's values instead of [-1, 1].
+
+    Args:
+        ax: a matplotlib ``Axes``.
+        attribution: one map, (C, H, W) or (H, W), any device; channels are summed.
+        sign: ``"all"``, ``"positive"``, ``"negative"`` or ``"absolute_value"``.
+        outlier_perc: Captum's ``outlier_perc``.
+        title: the axis' title; " (all zero)" is added to it for an all-zero map.
+        colorbar: draw the colour bar below the map.
+
+    Returns:
+        the ``AxesImage``.
+    """
+    values = _signed_part(_map2d(attribution), sign)
+    scale = attribution_scale(values, sign, outlier_perc)
+    all_zero = scale == 0.0
+    scale = scale or 1.0
+    cmap = attribution_cmap(sign)
+    if sign == "all":
+        low, high, extend = -scale, scale, "both"
+    elif sign == "negative":  # darker red for more negative, as Captum's |x| / s in "Reds"
+        cmap, low, high, extend = cmap.reversed(), -scale, 0.0, "min"
+    else:
+        low, high, extend = 0.0, scale, "max"
+    image = ax.imshow(values, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None or all_zero:
+        ax.set_title(f"{title or ''}{' (all zero)' if all_zero else ''}".strip(), fontsize=9)
+    if colorbar:
+        bar = ax.figure.colorbar(
+            image, ax=ax, orientation="horizontal", extend=extend, shrink=0.9, aspect=12,
+            pad=0.03,
+        )  # fmt: skip
+        bar.set_ticks(sorted({low, 0.0, high}))
+        bar.ax.xaxis.set_major_formatter("{x:.2g}")
+        bar.ax.tick_params(labelsize=7)
+    return image
+
+
+def _map2d(attribution: Tensor | np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W) map, any device, channels summed, as an (H, W) float array."""
+    if isinstance(attribution, Tensor):
+        array = attribution.detach().cpu().double().numpy()
+    else:
+        array = np.asarray(attribution, dtype=np.float64)
+    if array.ndim == 3:
+        array = array.sum(axis=0)
+    if array.ndim != 2:
+        raise ValueError(
+            f"an attribution map must have shape (C, H, W) or (H, W), got {array.shape}."
+        )
+    return array
+
+
+def _figure(
+    n_rows: int, n_cols: int, size: float = 2.2, extra_height: float = 0.0
+) -> tuple[Any, np.ndarray]:
+    """A figure of n_rows x n_cols panels of ``size`` inches, laid out by matplotlib's
+    constrained layout (titles, colour bars and captions never overlap); ``extra_height``
+    inches are added for colour bars and a caption."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size * n_cols, size * n_rows))
+    fig = Figure(figsize=(size * n_cols, size * n_rows + extra_height), layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.06)  # room between a suptitle and the panels' titles
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
     return fig, axes
+
+
+def _caption(fig: Any, text: str, fontsize: float = 8.0) -> None:
+    """``text`` below the panels, wrapped to the figure's width; the figure grows by its height."""
+    import textwrap
+
+    characters = int(fig.get_figwidth() * 72 / (0.55 * fontsize))
+    wrapped = textwrap.fill(text, max(characters, 30))
+    fig.set_figheight(fig.get_figheight() + (wrapped.count("\n") + 1) * 1.4 * fontsize / 72)
+    fig.supxlabel(wrapped, fontsize=fontsize)
 
 
 def _hwc(image: Tensor) -> np.ndarray:
@@ -52,16 +240,53 @@ def _hwc(image: Tensor) -> np.ndarray:
     return array.permute(1, 2, 0).numpy()
 
 
-def _show(ax: Any, image: Tensor, value_range: tuple[float, float] | None) -> None:
+def _show(
+    ax: Any, image: Tensor, value_range: tuple[float, float] | None, colorbar: bool = False
+) -> None:
+    """An image in grey (one channel) or colour; with ``colorbar``, a grey bar of its values
+    below it, so that it lines up with the attribution maps beside it."""
     array = _hwc(image)
     low, high = value_range if value_range is not None else (float(array.min()), float(array.max()))
-    scaled = np.clip((array - low) / ((high - low) or 1.0), 0.0, 1.0)
-    if scaled.shape[2] == 1:
-        ax.imshow(scaled[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
+    if array.shape[2] == 1:
+        shown = ax.imshow(
+            array[:, :, 0], cmap="gray", vmin=low, vmax=high if high > low else low + 1.0
+        )
+        if colorbar:
+            bar = ax.figure.colorbar(
+                shown, ax=ax, orientation="horizontal", shrink=0.9, aspect=12, pad=0.03
+            )
+            bar.set_ticks([low, high])
+            bar.ax.xaxis.set_major_formatter("{x:.2g}")
+            bar.ax.tick_params(labelsize=7)
     else:
-        ax.imshow(scaled)
+        ax.imshow(np.clip((array - low) / ((high - low) or 1.0), 0.0, 1.0))
+        if colorbar:  # a colour image has no single scale; keep the space for alignment
+            bar = ax.figure.colorbar(
+                ax.images[-1], ax=ax, orientation="horizontal", shrink=0.9, aspect=12, pad=0.03
+            )
+            bar.ax.set_visible(False)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _outline(ax: Any, mask: Tensor) -> None:
+    """The border of the pixels where ``mask`` is nonzero, as black lines on their edges."""
+    from matplotlib.collections import LineCollection
+
+    inside = _map2d(mask) != 0
+    padded = np.pad(inside, 1)
+    segments = []
+    for i, j in zip(*np.nonzero(inside)):
+        top, bottom, left, right = i - 0.5, i + 0.5, j - 0.5, j + 0.5
+        if not padded[i, j + 1]:  # the pixel above is outside
+            segments.append([(left, top), (right, top)])
+        if not padded[i + 2, j + 1]:
+            segments.append([(left, bottom), (right, bottom)])
+        if not padded[i + 1, j]:
+            segments.append([(left, top), (left, bottom)])
+        if not padded[i + 1, j + 2]:
+            segments.append([(right, top), (right, bottom)])
+    ax.add_collection(LineCollection(segments, colors="black", linewidths=1.5))
 
 
 def _path_points(path: AttributionPath | Tensor, example: int, reference: int) -> Tensor:
@@ -108,7 +333,6 @@ def visualize_path(
         ax.set_title(f"step {k}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -156,7 +380,6 @@ def visualize_path_outputs(
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -167,6 +390,10 @@ def visualize_counterfactual(
     title: str | None = None,
 ) -> Any:
     """One input, its GradCF and their difference (input - GradCF), side by side.
+
+    The difference is a change of the image, not an attribution, so it is drawn in a map of its
+    own ("PuOr": purple where the input is brighter, orange where the GradCF is), keeping green
+    and red for attributions.
 
     Args:
         inputs: one input, (C, H, W).
@@ -187,19 +414,27 @@ def visualize_counterfactual(
             float(torch.minimum(inputs.min(), gradcf.min())),
             float(torch.maximum(inputs.max(), gradcf.max())),
         )
-    fig, axes = _figure(1, 3)
-    _show(axes[0, 0], inputs, value_range)
+    fig, axes = _figure(1, 3, extra_height=0.7)
+    _show(axes[0, 0], inputs, value_range, colorbar=True)
     axes[0, 0].set_title("input", fontsize=9)
-    _show(axes[0, 1], gradcf, value_range)
+    _show(axes[0, 1], gradcf, value_range, colorbar=True)
     axes[0, 1].set_title("GradCF", fontsize=9)
-    difference = _hwc(inputs - gradcf)
-    viz.visualize_image_attr(
-        difference, method="heat_map", sign="all", plt_fig_axis=(fig, axes[0, 2]),
-        use_pyplot=False, title="input - GradCF",
-    )  # fmt: skip
+    difference = _map2d(inputs - gradcf)
+    bound = float(np.abs(difference).max()) or 1.0
+    shown = axes[0, 2].imshow(difference, cmap="PuOr", vmin=-bound, vmax=bound)
+    axes[0, 2].set_xticks([])
+    axes[0, 2].set_yticks([])
+    axes[0, 2].set_title("input - GradCF", fontsize=9)
+    bar = fig.colorbar(
+        shown, ax=axes[0, 2], orientation="horizontal", shrink=0.9, aspect=12, pad=0.03
+    )
+    bar.set_ticks([-bound, 0.0, bound])
+    bar.ax.xaxis.set_major_formatter("{x:.2g}")
+    bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _caption(fig, "input - GradCF (channels summed): purple where the input is brighter, "
+             "orange where the GradCF is")  # fmt: skip
     return fig
 
 
@@ -208,43 +443,45 @@ def visualize_attributions(
     inputs: Tensor | None = None,
     sign: str = "all",
     title: str | None = None,
+    region: Tensor | None = None,
+    outlier_perc: float = OUTLIER_PERC,
 ) -> Any:
-    """Attribution maps of several methods for one image, side by side, through Captum's
-    ``visualize_image_attr`` (heat maps in Captum's colours: green positive, red negative with
-    ``sign="all"``).
+    """Attribution maps of several methods for one image, side by side, each with its colour
+    bar, in Captum's colours and scale (:func:`draw_attribution`); the figure states the
+    convention below the maps.
 
     Args:
-        attributions: method name -> attribution of one image, (C, H, W).
+        attributions: method name -> attribution of one image, (C, H, W) (channels summed).
         inputs: the image itself, (C, H, W), shown first when given.
-        sign: Captum's ``sign``: ``"all"``, ``"positive"``, ``"negative"`` or
-            ``"absolute_value"``.
+        sign: Captum's ``sign``: ``"all"`` (green positive, red negative), ``"positive"``,
+            ``"negative"`` or ``"absolute_value"``.
         title: the figure's title.
+        region: a mask (1, H, W) or (H, W) whose outline is drawn on every panel (e.g. the
+            region a conductance is computed for).
+        outlier_perc: Captum's ``outlier_perc`` (see :func:`attribution_scale`).
 
     Returns:
         matplotlib ``Figure``.
     """
+    _check_sign(sign)
     n = len(attributions) + (inputs is not None)
-    fig, axes = _figure(1, n)
+    fig, axes = _figure(1, n, size=2.2, extra_height=0.7 + 0.3 * bool(title))
     column = 0
     if inputs is not None:
-        _show(axes[0, 0], inputs, None)
+        _show(axes[0, 0], inputs, None, colorbar=True)
         axes[0, 0].set_title("input", fontsize=9)
         column = 1
     for ax, (name, attribution) in zip(axes[0, column:], attributions.items()):
-        array = _hwc(attribution)
-        if not np.any(array):
-            ax.imshow(np.zeros(array.shape[:2]), cmap="gray")
-            ax.set_title(f"{name} (all zero)", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        viz.visualize_image_attr(
-            array, method="heat_map", sign=sign, plt_fig_axis=(fig, ax), use_pyplot=False,
-            title=name,
-        )  # fmt: skip
+        draw_attribution(ax, attribution, sign=sign, outlier_perc=outlier_perc, title=name)
+    if region is not None:
+        for ax in axes[0]:
+            _outline(ax, region)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    caption = attribution_convention(sign, outlier_perc)
+    if region is not None:
+        caption += "; black outline: the region"
+    _caption(fig, caption)
     return fig
 
 
@@ -264,7 +501,8 @@ def visualize_token_attributions(
     attributions: Mapping[str, Tensor] | Tensor,
     title: str | None = None,
 ) -> Any:
-    """Per-token attributions as horizontal bars, one panel per method.
+    """Per-token attributions as horizontal bars, one panel per method, in Captum's colours
+    (green positive, red negative).
 
     Args:
         tokens: the L tokens.
@@ -277,12 +515,14 @@ def visualize_token_attributions(
     if isinstance(attributions, Tensor):
         attributions = {"attribution": attributions}
     fig, axes = _figure(1, len(attributions), size=3.2)
-    fig.set_figheight(max(2.0, 0.28 * len(tokens) + 1.0))
+    fig.set_figheight(max(2.4, 0.28 * len(tokens) + 1.4))
+    cmap = attribution_cmap("all")
+    positive, negative = cmap(1.0), cmap(0.0)
     for ax, (name, attribution) in zip(axes[0], attributions.items()):
         values = _per_token(attribution)
         if len(values) != len(tokens):
             raise ValueError(f"{name}: {len(values)} attributions for {len(tokens)} tokens.")
-        colors = ["#d45c43" if v > 0 else "#4a7ab8" for v in values]
+        colors = [positive if v > 0 else negative for v in values]
         ax.barh(range(len(tokens)), values, color=colors)
         ax.set_yticks(range(len(tokens)))
         ax.set_yticklabels(list(tokens), fontsize=8)
@@ -292,7 +532,7 @@ def visualize_token_attributions(
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _caption(fig, "green: positive attribution, red: negative (Captum's colours)")
     return fig
 
 
