@@ -405,10 +405,15 @@ def _check_finite(name: str, result: PathIntegral, r: int) -> None:
     first = result.first_nonfinite.cpu()
     if bool((first >= 0).any()):
         p = int(torch.nonzero(first >= 0)[0])
+        start, hint = (
+            ("the input", " (`clamp` keeps the GradPath in the input domain)")
+            if "IG2" in name
+            else ("the baseline", "")
+        )
         raise ValueError(
             f"{name}: the model's output is NaN or infinite at step {int(first[p])} of the path "
-            f"of {where(p)}, so its attributions would be too. Check the model on the path's "
-            "points (for IG2, `clamp` keeps the GradPath in the input domain)."
+            f"of {where(p)} (step 0 is {start}), so its attributions would be too. Check the "
+            f"model on the path's points{hint}."
         )
     total = per_example_sum(result.integral)
     if not bool(torch.isfinite(total).all()):

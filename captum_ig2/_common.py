@@ -206,8 +206,21 @@ def format_references(
     return refs, r
 
 
+def _python_ints(target: Any) -> Any:
+    """``target`` with integral numbers of any kind (``numpy.int64``) as Python ints, which is
+    what Captum's target selection accepts; tensors and other values pass unchanged."""
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        return int(target)
+    if isinstance(target, tuple):
+        return tuple(_python_ints(t) for t in target)
+    if isinstance(target, list):
+        return [_python_ints(t) for t in target]
+    return target
+
+
 def expand_for_paths(target: Any, additional_forward_args: Any, r: int) -> tuple[Any, Any]:
     """Repeats per-example targets and forward arguments once per reference (path p = n * R + r)."""
+    target = _python_ints(target)
     args = _format_additional_forward_args(additional_forward_args)
     if args is not None:
         args = tuple(ordinary(a) for a in args)

@@ -166,7 +166,8 @@ def target_output(target: Any) -> Explain:
         except (IndexError, AssertionError, RuntimeError) as error:  # only the output is indexed
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(
-                f"`target` does not select from the model output of shape {shape}: {error}."
+                f"`target` does not select from the model output of shape {shape}: "
+                f"{str(error).rstrip('.')}."
             ) from error
         return scalar_per_example(selected)
 

@@ -227,8 +227,13 @@ def test_a_model_that_becomes_nan_on_the_path_raises_naming_step_and_example(cls
     x[1, 0] = 0.9  # example 1's straight path crosses 0.5
     baseline = torch.full_like(x, 0.1)
     kwargs = {} if cls is GuidedIG else {"step_size": 0.1}
-    with pytest.raises(ValueError, match=r"(?s)NaN.*step.*example 1"):
+    with pytest.raises(ValueError, match=r"(?s)NaN.*step.*example 1") as raised:
         cls(NanBeyond()).attribute(x, baseline, target=0, n_steps=8, **kwargs)
+    message = str(raised.value)
+    if cls is GuidedIG:  # its path starts at the baseline, and it has no clamp
+        assert "step 0 is the baseline" in message and "clamp" not in message
+    else:
+        assert "step 0 is the input" in message and "`clamp`" in message
 
 
 # ----------------------------------------------------------------------------------------
@@ -465,5 +470,20 @@ def test_a_bad_reference_shape_names_each_accepted_form_once() -> None:
 def test_a_target_beyond_the_output_is_a_value_error_naming_target(cls, target) -> None:  # type: ignore[no-untyped-def]
     net = mlp()
     explainer = cls(net) if cls in INPUT_CLASSES else cls(net, net[1])
-    with pytest.raises(ValueError, match=r"`target`.*\(2, 3\)"):
+    with pytest.raises(ValueError, match=r"`target`.*\(2, 3\)") as raised:
         explainer.attribute(torch.rand(2, 6).double(), target=target, n_steps=3)
+    assert ".." not in str(raised.value)
+
+
+@pytest.mark.parametrize("cls", INPUT_CLASSES + LAYER_CLASSES)
+def test_numpy_integer_targets_equal_python_int_targets(cls) -> None:  # type: ignore[no-untyped-def]
+    net = mlp()
+    explainer = cls(net) if cls in INPUT_CLASSES else cls(net, net[1])
+    x = torch.rand(2, 6).double()
+    expected = explainer.attribute(x, target=[1, 2], n_steps=3)
+    for target in (np.int64(1), [np.int64(1), np.int32(2)]):
+        got = explainer.attribute(x, target=target, n_steps=3)
+        reference = (
+            expected if isinstance(target, list) else explainer.attribute(x, target=1, n_steps=3)
+        )
+        torch.testing.assert_close(got, reference, rtol=0, atol=0)
