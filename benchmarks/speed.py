@@ -25,7 +25,15 @@ Sizes: a small CNN on 3 x 32 x 32 (``--model small``, the CPU default) and a Res
 network on 3 x 224 x 224 (``--model resnet50``, random weights, for a GPU); N in {1, 8, 32},
 R in {1, 8}, T in {50, 200}. ``--smoke`` runs tiny sizes in seconds (CI).
 
+``--model efficientnet``: EfficientNet-Lite0 with its ImageNet weights on 3 x 224 x 224 (needs
+the ``pretrained`` extra), a real network that a CPU can still run: N = 1, R in {1, 4}, T = 50
+(``--ns`` widens N, e.g. ``--ns 1,4``), ``--repeats 1`` by default, each contender warmed up by
+a 2-step call instead of a whole one, Captum's IG with ``internal_batch_size=16`` (its whole
+line at once, up to 800 points at 224 px, does not fit a CPU machine's memory; IG2's batches
+are N x R points), the authors' IG2 for R = 1 only.
+
 Run:  python benchmarks/speed.py [--device cuda] [--model resnet50] [--json out.json]
+      python benchmarks/speed.py --model efficientnet --threads 1 --no-memory
 """
 
 from __future__ import annotations
@@ -108,13 +116,24 @@ class ResNet50Sized(nn.Module):
         return self.head(self.body(x))
 
 
-MODELS = {"small": (SmallCNN, 32), "resnet50": (ResNet50Sized, 224)}
+def _efficientnet() -> nn.Module:
+    from captum_ig2.pretrained import efficientnet_lite0
+
+    return efficientnet_lite0()
+
+
+MODELS = {"small": (SmallCNN, 32), "resnet50": (ResNet50Sized, 224),
+          "efficientnet": (_efficientnet, 224)}  # fmt: skip
+#: Captum IG's internal_batch_size per model (None: its whole line in one batch).
+IG_BATCH = {"efficientnet": 16}
 
 
 def make_model(name: str, device: torch.device) -> tuple[nn.Module, int]:
     torch.manual_seed(0)
     cls, size = MODELS[name]
-    return cls().eval().to(device), size
+    model = cls().eval().to(device)
+    model.ig_batch = IG_BATCH.get(name)  # type: ignore[assignment]
+    return model, size
 
 
 def sync(device: torch.device) -> None:
@@ -130,9 +149,10 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def compare(fns: list[Callable[[], object]], repeats: int, device: torch.device) -> list[float]:
+def compare(fns: list[Callable[[], object]], repeats: int, device: torch.device,
+            warm_up: bool = True) -> list[float]:  # fmt: skip
     """Median wall time of each function, measured alternately after one warm-up each."""
-    for fn in fns:
+    for fn in fns if warm_up else ():
         fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
@@ -215,7 +235,9 @@ def runner(name: str, model: nn.Module, n: int, r: int, steps: int, size: int,
     if name == "ig":  # Captum's IG over the same number of points as IG2's N x R paths
         xs = x.repeat_interleave(r, 0) if r > 1 else x
         ig = IntegratedGradients(model)
-        return lambda: ig.attribute(xs, target=0, n_steps=steps, method="riemann_left")
+        batch = getattr(model, "ig_batch", None)
+        return lambda: ig.attribute(xs, target=0, n_steps=steps, method="riemann_left",
+                                    internal_batch_size=batch)  # fmt: skip
     if name == "ig2":
         ig2 = IterativeGradientIG(model)
         # (1, R, ...): one shared set, also when R happens to equal N.
@@ -296,7 +318,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", choices=sorted(MODELS), default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="3; efficientnet: 1")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--ns", default="1", help="efficientnet's N grid")
     parser.add_argument("--json", default=None, help="write every measurement here")
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
     parser.add_argument("--no-references", action="store_true", help="skip PAIR and authors")
@@ -305,12 +329,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.model is None:
         args.model = "resnet50" if args.device.startswith("cuda") else "small"
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.child:
         child_main(args.child, args.model)
         return
     device = torch.device(args.device)
+    big = args.model == "efficientnet"  # a real network: a smaller grid, cheap warm-ups
+    if args.repeats is None:
+        args.repeats = 1 if big else 3
     if args.smoke:
         ns, rs, ts, repeats = (2,), (1, 2), (3,), 1
+    elif big:
+        ns, rs, ts, repeats = tuple(int(n) for n in args.ns.split(",")), (1, 4), (50,), args.repeats
     else:
         ns, rs, ts, repeats = (1, 8, 32), (1, 8), (50, 200), args.repeats
     model, size = make_model(args.model, device)
@@ -318,7 +349,10 @@ def main() -> None:
 
     def record(kind: str, n: int, r: int, steps: int, contenders: list[str]) -> None:
         fns = [runner(c, model, n, r, steps, size, device) for c in contenders]
-        times = compare(fns, repeats, device)
+        if big:
+            for c in contenders:
+                runner(c, model, n, r, 2, size, device)()
+        times = compare(fns, repeats, device, warm_up=not big)
         row: dict[str, Any] = {"ratio": kind, "N": n, "R": r, "T": steps}
         for c, t in zip(contenders, times):
             row[f"{c}_s"] = t
@@ -328,13 +362,18 @@ def main() -> None:
                 row[f"{c}_peak_mb"] = peak_memory_mb(args, c, n, r, steps)
         if kind == "IG2 / IG":
             floor_fn = runner("model_floor", model, n, r, steps, size, device)
-            floor = compare([floor_fn], repeats, device)
+            if big:
+                runner("model_floor", model, n, r, 2, size, device)()
+            floor = compare([floor_fn], repeats, device, warm_up=not big)
             row["ig2_overhead_ms_per_step"] = 1e3 * (times[0] - floor[0]) / (steps + 1)
         records.append(row)
         print_row(row, contenders)
 
     print(f"device {device}, model {args.model} on 3x{size}x{size}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {date.today()}")  # fmt: skip
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"{date.today()}; median of {repeats} call(s), contenders alternated")  # fmt: skip
+    if model.ig_batch is not None:
+        print(f"Captum IG with internal_batch_size={model.ig_batch}")
     print(f"{'ratio':28s} {'N':>3s} {'R':>2s} {'T':>4s} {'numer. s':>9s} {'denom. s':>9s} "
           f"{'ratio':>6s}  notes")  # fmt: skip
     for n, r, steps in itertools.product(ns, rs, ts):
@@ -345,12 +384,16 @@ def main() -> None:
         for n, steps in itertools.product(ns, ts):
             if n <= 16 or args.smoke or steps <= 50:
                 record("PAIR Guided IG / Guided IG", n, 1, steps, ["pair_guided_ig", "guided_ig"])
-        for n, r in itertools.product(ns if args.smoke else (1, 8), rs):
+        for n, r in itertools.product(ns if args.smoke else (1,) if big else (1, 8), rs):
+            if big and r > 1:
+                continue
             record("authors' IG2 / IG2", n, r, ts[0], ["authors_ig2", "ig2"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "model": args.model, "date": str(date.today()),
-                       "torch": torch.__version__, "records": records}, f, indent=1)  # fmt: skip
+                       "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "repeats": repeats, "ig_internal_batch_size": model.ig_batch,
+                       "records": records}, f, indent=1)  # fmt: skip
 
 
 def print_row(row: dict[str, Any], contenders: list[str]) -> None:
