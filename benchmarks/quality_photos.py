@@ -53,6 +53,7 @@ ahead of the runner-up by two standard errors of their paired difference, ``~`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import textwrap
 import time
@@ -193,10 +194,9 @@ def run_in_chunks(
     return [torch.cat(column) for column in zip(*parts, strict=True)], seconds, n_warnings
 
 
-def attribute_all(photos: PhotoSet, config: Config) -> dict[str, Run]:
+def attribute_all(photos: PhotoSet, references: Tensor, config: Config) -> dict[str, Run]:
     """Every method with every estimator, the GradCF difference and the random control."""
     model, x, target = photos.model, photos.x, photos.target
-    references = other_photo_references(photos, config.refs)
     blurred = gaussian_blur(x, config.blur_sigma).clamp(0.0, 1.0)
     runs: dict[str, Run] = {}
     n = len(x)
@@ -217,6 +217,7 @@ def attribute_all(photos: PhotoSet, config: Config) -> dict[str, Run]:
         }
         for method, call in calls.items():
             results, seconds, n_warnings = run_in_chunks(call, n, config.chunk)
+            print(f"    {name_of(method, estimator)}: {seconds:.0f} s", flush=True)
             runs[name_of(method, estimator)] = Run(
                 results[0],
                 results[1].double().numpy(),
@@ -228,12 +229,7 @@ def attribute_all(photos: PhotoSet, config: Config) -> dict[str, Run]:
                 runs[GRADCF] = Run(
                     results[3], np.full(n, np.nan), results[2].double().numpy(), seconds, 0
                 )
-            print(
-                f"  {name_of(method, estimator):26s} {seconds:7.1f} s, median completeness "
-                f"error {np.nanmedian(runs[name_of(method, estimator)].relative_error):.2%}",
-                flush=True,
-            )
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    generator = torch.Generator().manual_seed(config.seed + 1 + int(photos.target.sum()))
     runs[RANDOM] = Run(
         torch.rand(x.shape, generator=generator), np.full(n, np.nan), np.zeros(n), 0.0, 0
     )
@@ -271,6 +267,38 @@ def quality_metrics(
             column = f"{kind[:3]}. {fill_name} " + ("↑" if insert else "↓")
             metrics.append(Metric(f"{kind}/{fill_name}", column, insert, values))
     return metrics, fills
+
+
+def merge_runs(runs: dict[str, Run], more: dict[str, Run]) -> dict[str, Run]:
+    """The runs of two sets of crops as one (attributions are not kept)."""
+    if not runs:
+        return {
+            name: dataclasses.replace(run, attributions=torch.empty(0))
+            for name, run in more.items()
+        }
+    return {
+        name: Run(
+            torch.empty(0),
+            np.concatenate([run.relative_error, more[name].relative_error]),
+            np.concatenate([run.evaluations, more[name].evaluations]),
+            run.seconds + more[name].seconds,
+            run.warnings + more[name].warnings,
+        )
+        for name, run in runs.items()
+    }
+
+
+def merge_metrics(metrics: list[Metric], more: list[Metric]) -> list[Metric]:
+    """The metrics of two sets of crops as one."""
+    if not metrics:
+        return more
+    return [
+        dataclasses.replace(
+            metric,
+            values={k: np.concatenate([v, other.values[k]]) for k, v in metric.values.items()},
+        )
+        for metric, other in zip(metrics, more, strict=True)
+    ]
 
 
 def print_cost(runs: dict[str, Run], n: int) -> dict[str, dict[str, float]]:
@@ -336,6 +364,46 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, Path | None]:
     return config, args.json
 
 
+def write_report(
+    path: Path,
+    config: Config,
+    photos: PhotoSet,
+    scored: list[int],
+    metrics: list[Metric],
+    runs: dict[str, Run],
+    started: float,
+) -> None:
+    """Writes every number of the crops ``scored`` so far as JSON."""
+    n = len(scored)
+    cost = {
+        name: {
+            "median_error": float(np.nanmedian(run.relative_error))
+            if not np.isnan(run.relative_error).all()
+            else None,
+            "gradients": float(run.evaluations.mean()),
+            "seconds": run.seconds / n,
+            "warnings": run.warnings,
+        }
+        for name, run in runs.items()
+        if name != RANDOM
+    }
+    report: dict[str, Any] = {
+        "config": asdict(config),
+        "complete": n == len(photos.x),
+        "crops": [photos.labels[i] for i in scored],
+        "target": photos.target[scored].tolist(),
+        "probability": photos.probability[scored].tolist(),
+        "metrics": [metric_to_json(m) for m in metrics],
+        "cost": cost,
+        "relative_error": {k: r.relative_error.tolist() for k, r in runs.items()},
+        "wall_seconds": time.perf_counter() - started,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     config, json_path = parse_config(argv)
     seed_everything(config.seed)
@@ -353,36 +421,52 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"predicted classes: {classes}; median probability {float(photos.probability.median()):.2f}"
     )
-    with clock.stage("attributions"):
-        runs = attribute_all(photos, config)
-    with clock.stage("deletion and insertion"):
-        metrics, _ = quality_metrics(photos, runs, config)
+    references = other_photo_references(photos, config.refs)
+    runs: dict[str, Run] = {}
+    metrics: list[Metric] = []
+    # One crop of every photo at a time (crop k of each), so that every part of the run spans
+    # all photos; each part is attributed, then scored.
+    parts = [
+        [i for i, label in enumerate(photos.labels) if label.endswith(f"/{k}")]
+        for k in range(config.crops)
+    ]
+    for done, rows in enumerate(parts, start=1):
+        part = PhotoSet(
+            photos.model, photos.x[rows], [photos.labels[i] for i in rows],
+            photos.target[rows], photos.probability[rows],
+        )  # fmt: skip
+        with clock.stage(f"attributions {done}"):
+            part_runs = attribute_all(part, references[rows], config)
+        with clock.stage(f"deletion and insertion {done}"):
+            part_metrics, _ = quality_metrics(part, part_runs, config)
+        runs = merge_runs(runs, part_runs)
+        metrics = merge_metrics(metrics, part_metrics)
+        print(
+            f"  part {done}/{len(parts)}: {sum(len(r) for r in parts[:done])} crops, "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        if json_path is not None:  # what is done so far, should the run be stopped
+            scored = [i for rows in parts[:done] for i in rows]
+            write_report(json_path, config, photos, scored, metrics, runs, started)
+    order = [i for rows in parts for i in rows]
+    photos = PhotoSet(
+        photos.model, photos.x[order], [photos.labels[i] for i in order], photos.target[order],
+        photos.probability[order],
+    )  # fmt: skip
     header = (
         f"{len(photos.x)} crops at {config.size} px, EfficientNet-Lite0; pixels ranked by signed "
         f"attribution; {config.points} points per curve"
     )
     print_table(f"Deletion (lower is better) and insertion (higher is better) AUC: {header}",
                 metrics, short=SHORT)  # fmt: skip
-    cost = print_cost(runs, len(photos.x))
+    print_cost(runs, len(photos.x))
     total = time.perf_counter() - started
     stages = ", ".join(f"{k} {v:.0f}" for k, v in clock.seconds.items())
     print("\n" + textwrap.fill(f"Wall time: {total:.0f} s ({stages}).", width=100))
     print("\nThe table in Markdown (clear winners in bold):\n" + markdown_table(metrics))
     if json_path is not None:
-        report: dict[str, Any] = {
-            "config": asdict(config),
-            "crops": photos.labels,
-            "target": photos.target.tolist(),
-            "probability": photos.probability.tolist(),
-            "metrics": [metric_to_json(m) for m in metrics],
-            "cost": cost,
-            "relative_error": {k: r.relative_error.tolist() for k, r in runs.items()},
-            "wall_seconds": total,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        }
-        json_path.write_text(json.dumps(report, indent=1))
-        print(f"wrote {json_path}")
+        write_report(json_path, config, photos, list(range(len(photos.x))), metrics, runs, started)
 
 
 if __name__ == "__main__":
