@@ -3,7 +3,7 @@ two sentences similar?
 
 Run::
 
-    HF_HUB_OFFLINE=1 python benchmarks/text_deletion.py                   # full run (CPU: ~20 min)
+    HF_HUB_OFFLINE=1 python benchmarks/text_deletion.py                   # full run, 45 min
     HF_HUB_OFFLINE=1 python benchmarks/text_deletion.py --smoke           # tiny, < 60 s (CI)
     HF_HUB_OFFLINE=1 python benchmarks/text_deletion.py --json out.json   # also every number
 
