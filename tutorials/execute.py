@@ -39,6 +39,7 @@ README_PICTURES = {
     "2_text_similarity.ipynb": {"2_text_similarity.png": "tutorial_2_text.png"},
     "3_inside_the_network.ipynb": {"3_channel_shares.png": "tutorial_3_inside.png"},
     "4_choosing_parameters.ipynb": {"4_n_steps.png": "tutorial_4_parameters.png"},
+    "5_real_imagenet_classifier.ipynb": {"5_maps.png": "tutorial_5_imagenet.png"},
 }
 
 # A number standing alone (not the digit of a name such as conv1, IG2 or L6): integers,
@@ -137,7 +138,6 @@ def execute(notebook: nbformat.NotebookNode, folder: Path) -> nbformat.NotebookN
             )
 
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the kernel: nothing is downloaded
-    os.environ.setdefault("MPLBACKEND", "Agg")
     # tqdm (imported by Captum) warns that Jupyter's progress widgets are missing: a fact about
     # the kernel's environment, not the tutorial's.
     os.environ["PYTHONWARNINGS"] = "ignore:IProgress not found"
