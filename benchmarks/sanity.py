@@ -86,6 +86,7 @@ from torch import Tensor, nn
 
 from captum_ig2 import ConvergenceWarning, GuidedIG, IterativeGradientIG
 from captum_ig2.pretrained import CROPS, NormalizedEfficientNet, photo_crops
+from captum_ig2.visualization import attribution_cmap, attribution_scale
 
 PAPER = dict(method="riemann_left", nodes=1, epsrel=None)
 METHODS = ("Gradient", "IG (black)", "Guided IG (black)", "IG2")
@@ -293,14 +294,6 @@ def verdicts(metrics: dict[str, list[Metric]]) -> dict[str, dict[str, dict[str, 
     return out
 
 
-def captum_abs_threshold(values: np.ndarray, outlier_perc: float = 2.0) -> float:
-    """Captum's ``_cumulative_sum_threshold``: the value above which the largest values hold
-    ``outlier_perc`` % of the sum; ``visualize_image_attr`` clips the map there."""
-    ordered = np.sort(values.ravel())
-    sums = np.cumsum(ordered)
-    return float(ordered[np.nonzero(sums >= sums[-1] * (1 - outlier_perc / 100))[0][0]])
-
-
 def plot(
     path: Path,
     metrics: dict[str, list[Metric]],
@@ -356,8 +349,8 @@ def plot(
             stage = names[col - 1]
             maps = trained if stage == TRAINED else stages[stage]
             values = absolute_map(maps[method].attributions[image : image + 1])[0].numpy()
-            vmax = captum_abs_threshold(values) or 1.0
-            shown = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax)
+            vmax = attribution_scale(values, sign="absolute_value") or 1.0
+            shown = ax.imshow(values, cmap=attribution_cmap("absolute_value"), vmin=0.0, vmax=vmax)
             bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
             bar.ax.tick_params(labelsize=6)
             bar.formatter.set_powerlimits((-2, 3))

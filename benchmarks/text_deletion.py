@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
-from common.metrics import importance_order
+from common.metrics import curve_auc, importance_order, tie_break_permutations
 from common.report import (
     RANDOM,
     Metric,
@@ -398,24 +398,18 @@ def deletion_curve(f: Similarity, batch: Batch, i: int, order: Tensor, pad_id: i
         return f(ids, mask, batch.target[i].expand(m + 1, -1)).double().numpy()
 
 
-def trapezoid(curve: np.ndarray) -> float:
-    """The area under ``curve`` over [0, 1], its points evenly spaced (NumPy 1 and 2 alike)."""
-    return float((curve[1:] + curve[:-1]).sum() / 2 / (len(curve) - 1))
-
-
 def deletion_metric(
     f: Similarity, batch: Batch, scores: dict[str, Tensor], pad_id: int, seed: int
 ) -> tuple[Metric, dict[str, list[list[float]]]]:
     """The deletion AUC of every method (and the curves), ties broken by one fixed random
     permutation of the positions per pair, shared by the methods."""
     n, width = batch.ids.shape
-    generator = torch.Generator().manual_seed(seed)
-    tie_break = torch.stack([torch.randperm(width, generator=generator) for _ in range(n)])
+    tie_break = tie_break_permutations(n, width, seed)
     values, curves = {}, {}
     for name, score in scores.items():
         order = importance_order(score, tie_break)
         per_pair = [deletion_curve(f, batch, i, order[i], pad_id) for i in range(n)]
-        values[name] = np.array([trapezoid(c) for c in per_pair])
+        values[name] = np.array([curve_auc(torch.as_tensor(c)[None])[0] for c in per_pair])
         curves[name] = [c.tolist() for c in per_pair]
     return Metric("deletion_auc", "deletion AUC ↓", False, values), curves
 
