@@ -124,6 +124,8 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
             quadrature nodes of all its references), shape (N,), int64.
         input_index: where the explained input lies on the path: 0 (IG2, the path starts
             there) or -1 (Guided IG, the path ends there).
+        ends: the first and last point of every path, shape (N, R, *F) per input; with
+            ``points`` None (``path(..., keep_points=False)``) ``start`` and ``end`` read them.
     """
 
     points: TensorOrTupleOfTensorsGeneric
@@ -134,6 +136,7 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
     tolerance: Tensor
     evaluations: Tensor
     input_index: int = 0
+    ends: tuple[Any, Any] | None = None
 
     @property
     def converged(self) -> Tensor:
@@ -148,12 +151,21 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
     @property
     def start(self) -> TensorOrTupleOfTensorsGeneric:
         """The first point of every path, shape (N, R, *F) per input."""
+        if self.points is None:
+            return self._ends()[0]
         return _index(self.points, 0)
 
     @property
     def end(self) -> TensorOrTupleOfTensorsGeneric:
         """The last point of every path, shape (N, R, *F): IG2's GradCF, Guided IG's input."""
+        if self.points is None:
+            return self._ends()[1]
         return _index(self.points, -1)
+
+    def _ends(self) -> tuple[Any, Any]:
+        if self.ends is None:
+            raise ValueError("This record keeps neither the path points nor their ends.")
+        return self.ends
 
 
 def _index(points, i: int):  # type: ignore[no-untyped-def]
@@ -362,6 +374,11 @@ def finish(
             tuple(t.reshape(t.shape[0], n, r, *t.shape[2:]) for t in result.points)
         )
         outputs = result.outputs.reshape(-1, n, r)
+    ends = None
+    if result.ends is not None:
+        ends = tuple(
+            model.format(tuple(t.reshape(n, r, *t.shape[1:]) for t in side)) for side in result.ends
+        )
     return AttributionPath(
         points=points,
         outputs=outputs,
@@ -371,6 +388,7 @@ def finish(
         tolerance=tolerance,
         evaluations=evaluations,
         input_index=input_index,
+        ends=ends,  # type: ignore[arg-type]
     )
 
 
@@ -385,6 +403,7 @@ def empty_result(model: PathModel, call: Call, r: int, record: bool) -> Attribut
             tuple(t.new_zeros((call.n_steps + 1, 0, r, *t.shape[1:])) for t in model.inputs)
         )
         outputs = empty.new_zeros((call.n_steps + 1, 0, r))
+    no_points = model.format(tuple(t.new_zeros((0, r, *t.shape[1:])) for t in model.inputs))
     return AttributionPath(
         points=points,
         outputs=outputs,
@@ -393,6 +412,7 @@ def empty_result(model: PathModel, call: Call, r: int, record: bool) -> Attribut
         gap=empty,
         tolerance=empty,
         evaluations=torch.zeros(0, dtype=torch.long),
+        ends=(no_points, no_points),
     )
 
 

@@ -72,6 +72,8 @@ class PathIntegral:
             nodes), shape (P,), int64 on the CPU.
         points: with ``record=True``, the path points, one (T + 1, P, ...) tensor per input.
         outputs: with ``record=True``, f at every path point, shape (T + 1, P).
+        ends: x_0 and x_T, one pair of (P, ...) tensors per input, kept also without ``record``
+            (they cost no memory beyond the walk's own).
     """
 
     integral: tuple[Tensor, ...]
@@ -82,6 +84,7 @@ class PathIntegral:
     first_nonfinite: Tensor
     points: tuple[Tensor, ...] | None = None
     outputs: Tensor | None = None
+    ends: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
 
 
 def on_this_thread() -> Callable[[], bool]:
@@ -513,4 +516,5 @@ def integrate_path(
         first_nonfinite=first_nonfinite,
         points=tuple(torch.stack(p) for p in zip(*points)) if record else None,
         outputs=torch.stack(outputs) if record else None,
+        ends=(tuple(t.detach() for t in start), x),
     )

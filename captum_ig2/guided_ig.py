@@ -193,6 +193,7 @@ class GuidedIG(PathAttribution):
         epsabs: float = 0.0,
         limit: int = LIMIT,
         show_progress: bool = False,
+        keep_points: bool = True,
     ) -> AttributionPath[TensorOrTupleOfTensorsGeneric]:
         r"""
         Computes the attribution and keeps the guided path: every point and f along it.
@@ -200,15 +201,22 @@ class GuidedIG(PathAttribution):
         Takes the arguments of :meth:`attribute`; ``path(...).points`` has shape
         (n_steps + 1, N, 1, \*F), from the baseline to the input, and the record reports each
         example's completeness error and tolerance and the gradient evaluations spent.
-        Memory grows with n_steps.
+        Memory grows with n_steps unless ``keep_points=False``.
+
+        Args:
+            keep_points (bool, optional): Keep every path point and output. False keeps
+                        only each path's two ends (``start``, ``end``; the GradCF of IG2), so
+                        memory stays flat in n_steps. Default: True
 
         Returns:
             :class:`AttributionPath`
         """
+        if not isinstance(keep_points, bool):
+            raise TypeError(f"`keep_points` must be a bool, got {type(keep_points).__name__}.")
         return self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, method,
             internal_batch_size, fraction, max_dist, nodes, epsrel, epsabs, limit, show_progress,
-            record=True,
+            record=keep_points,
         )  # fmt: skip
 
     def _compute(

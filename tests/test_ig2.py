@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import SmallCNN
 from oracles import ig2_reference
@@ -147,3 +148,21 @@ def test_ig2_representation_may_be_a_mapping_of_tensors() -> None:
         by_mapping.attribute(x, refs, target=0, n_steps=8),
         by_tensor.attribute(x, refs, target=0, n_steps=8),
     )
+
+
+def test_path_without_points_keeps_the_same_ends_and_attributions(mlp: nn.Module) -> None:
+    from captum_ig2 import GuidedIG
+
+    x = torch.rand(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for explainer, baselines in (
+        (IterativeGradientIG(mlp), torch.rand(2, 6, dtype=torch.float64)),
+        (GuidedIG(mlp), torch.zeros(3, 6, dtype=torch.float64)),
+    ):
+        full = explainer.path(x, baselines, target=1, n_steps=6)
+        ends = explainer.path(x, baselines, target=1, n_steps=6, keep_points=False)
+        assert ends.points is None
+        assert torch.equal(ends.start, full.points[0]) and torch.equal(ends.end, full.points[-1])
+        assert torch.equal(ends.attributions, full.attributions)
+        assert torch.equal(ends.delta, full.delta)
+    with pytest.raises(TypeError, match="keep_points"):
+        IterativeGradientIG(mlp).path(x, target=1, keep_points="no")
