@@ -7,11 +7,14 @@ The classes are drop-in replacements for Captum's Integrated Gradients family: s
 - layer attribution: :class:`LayerIterativeGradientIG`, :class:`LayerGuidedIG`
 - neuron attribution: :class:`NeuronIterativeGradientIG`, :class:`NeuronGuidedIG`
 - internal neuron attribution along a path: :class:`LayerPathConductance`
+- a whole data set, in resumable shards, over processes or Ray: :func:`explain_dataset`
+  (more in :mod:`captum_ig2.dataset`)
 """
 
 from captum_ig2._attribution import AttributionPath
 from captum_ig2._quadrature import ConvergenceWarning
 from captum_ig2.conductance import LayerPathConductance
+from captum_ig2.dataset import explain_dataset
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 from captum_ig2.layer import LayerGuidedIG, LayerIterativeGradientIG
@@ -27,5 +30,6 @@ __all__ = [
     "LayerPathConductance",
     "NeuronGuidedIG",
     "NeuronIterativeGradientIG",
+    "explain_dataset",
 ]
 __version__ = "0.1.0"
