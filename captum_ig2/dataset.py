@@ -215,8 +215,10 @@ def explain_dataset(
                 if bar is not None:
                     bar.update(1)
                 continue
+            # A batch of the wrong form is the caller's mistake, the same for every batch:
+            # raised at once, not recorded.
+            batch = _as_batch(item, index)
             try:
-                batch = _as_batch(item)
                 if batch.baselines is None and baselines is not None:
                     batch.baselines = (
                         _detached(baselines(batch.inputs, batch.target))
@@ -571,7 +573,17 @@ def _numpy(t: Tensor) -> np.ndarray:
 # --- batches ------------------------------------------------------------------------------
 
 
-def _as_batch(item: Any) -> _Batch:
+def _as_batch(item: Any, index: int | None = None) -> _Batch:
+    """The batch ``item`` in explain_dataset's form; raises TypeError where its form is not
+    one of those `batches` takes."""
+    try:
+        return _parse_batch(item)
+    except (TypeError, ValueError) as error:
+        where = "" if index is None else f" (batch {index})"
+        raise TypeError(f"`batches`{where}: {error}") from None
+
+
+def _parse_batch(item: Any) -> _Batch:
     if isinstance(item, _Batch):
         return item
     if isinstance(item, Tensor):

@@ -413,3 +413,12 @@ def test_ray_data_with_two_workers_equals_a_direct_call():
     expected_order = np.lexsort(columns["image"].T)
     np.testing.assert_allclose(got[order], direct.numpy()[expected_order], rtol=1e-5, atol=1e-6)
     assert (out["error"] == "").all()
+
+
+def test_a_batch_of_the_wrong_form_stops_the_run_at_once(tmp_path):
+    batches = [{"image": torch.rand(2, 6), "label": torch.tensor([0, 1])}]
+    with pytest.raises(TypeError, match=r"batch 0.*'inputs'.*\['image', 'label'\]"):
+        explain_dataset(IterativeGradientIG(model()), batches, tmp_path, show_progress=False)
+    with pytest.raises(TypeError, match="tensor of inputs first"):
+        explain_dataset(GuidedIG(model()), [([1.0, 2.0], 0)], tmp_path / "b", show_progress=False)
+    assert not list((tmp_path / "shards").iterdir())
