@@ -80,16 +80,11 @@ without correction for multiple comparisons).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import textwrap
 import time
-import types
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +98,19 @@ from common.metrics import (
     importance_ranks,
     perturbation_curves,
     tie_break_permutations,
+)
+from common.pic import PIC_RANDOM_FRACTION, limited_threads, pic_metrics
+from common.planted import (
+    SHAPES,
+    SIZE,
+    PlantedCNN,
+    PlantedData,
+    accuracy,
+    freeze,
+    make_planted_data,
+    other_class_reference_sets,
+    predict,
+    train_classifier,
 )
 from common.report import (
     RANDOM,
@@ -136,22 +144,6 @@ SHORT = {
 }
 #: The fills that are some method's own baseline, and that method (see the module docstring).
 FILL_BASELINE_OF = {"zero": (IG_ZERO, GUIDED), "blur": (IG_BLUR,)}
-
-SIZE = 8  # image side, both benchmarks
-PATCH = 3  # side of the planted signal patch
-DISTRACTOR = 2  # side of the planted distractor square
-BACKGROUND_MAX = 0.5
-BRIGHT_MIN = 0.7
-SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
-    "plus": ((0, 1), (1, 0), (1, 1), (1, 2), (2, 1)),
-    "x": ((0, 0), (0, 2), (1, 1), (2, 0), (2, 2)),
-    "T": ((0, 0), (0, 1), (0, 2), (1, 1), (2, 1)),
-    "L": ((0, 0), (1, 0), (2, 0), (2, 1), (2, 2)),
-}
-#: PAIR's suggested saliency thresholds (``compute_pic_metric``'s docstring).
-PAIR_THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75)
-PIC_MIN_PRED = 0.8  # PAIR's default min_pred_value
-PIC_RANDOM_FRACTION = 0.01  # PAIR's default fraction for generate_random_mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,133 +322,8 @@ def attribute_all(
 
 
 # --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
-
-
-class PlantedCNN(nn.Module):
-    """A small translation-invariant CNN (global max pooling) for 1 x 8 x 8 images."""
-
-    def __init__(self, n_classes: int = len(SHAPES)) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc = nn.Linear(32, 32)
-        self.out = nn.Linear(32, n_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        h = torch.relu(self.fc(h.amax(dim=(2, 3))))
-        return self.out(h)
-
-
-def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) -> nn.Module:
-    """Trains ``model`` with Adam and cross-entropy; returns it in eval mode, frozen."""
-    torch.manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y)).split(64):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-    return freeze(model)
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode, no parameter gradients (the attributions only need input gradients)."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model.eval()
-
-
-def predict(model: nn.Module, x: Tensor) -> Tensor:
-    """The predicted class of every example."""
-    with torch.no_grad():
-        return model(x).argmax(dim=1)
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """The share of examples classified correctly."""
-    return float((predict(model, x) == y).float().mean())
-
-
-# --------------------------------------------------------------------------------------------
 # 1. Planted-feature benchmark
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PlantedData:
-    """Images with a planted class shape and a planted distractor, and where each lies.
-
-    Attributes
-    ----------
-    x : Tensor
-        Images, (N, 1, 8, 8), values in [0, 1].
-    y : Tensor
-        Classes, (N,): the index of the planted shape in ``SHAPES``.
-    signal : Tensor
-        (N, 64) bool, the 3 x 3 patch that holds the shape: the ground truth.
-    distractor : Tensor
-        (N, 64) bool, the class-independent 2 x 2 bright square.
-    """
-
-    x: Tensor
-    y: Tensor
-    signal: Tensor
-    distractor: Tensor
-
-
-def boxes_apart(patch: tuple[int, int], square: tuple[int, int]) -> bool:
-    """Whether the patch and distractor boxes (top-left corners) are at least a pixel apart."""
-    (pr, pc), (dr, dc) = patch, square
-    return dr > pr + PATCH or dr + DISTRACTOR < pr or dc > pc + PATCH or dc + DISTRACTOR < pc
-
-
-def place_patch_and_distractor(
-    rng: np.random.Generator,
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Uniform positions of the patch and of the distractor, drawn until they do not touch."""
-    while True:
-        pr, pc = (int(v) for v in rng.integers(0, SIZE - PATCH + 1, size=2))
-        dr, dc = (int(v) for v in rng.integers(0, SIZE - DISTRACTOR + 1, size=2))
-        if boxes_apart((pr, pc), (dr, dc)):
-            return (pr, pc), (dr, dc)
-
-
-def make_planted_data(n: int, rng: np.random.Generator) -> PlantedData:
-    """``n`` images of the planted-feature benchmark (see the module docstring)."""
-    shapes = list(SHAPES.values())
-    x = rng.uniform(0.0, BACKGROUND_MAX, size=(n, SIZE, SIZE))
-    y = rng.integers(0, len(shapes), size=n)
-    signal = np.zeros((n, SIZE, SIZE), dtype=bool)
-    distractor = np.zeros((n, SIZE, SIZE), dtype=bool)
-    for i in range(n):
-        (pr, pc), (dr, dc) = place_patch_and_distractor(rng)
-        for r, c in shapes[y[i]]:
-            x[i, pr + r, pc + c] = rng.uniform(BRIGHT_MIN, 1.0)
-        signal[i, pr : pr + PATCH, pc : pc + PATCH] = True
-        x[i, dr : dr + DISTRACTOR, dc : dc + DISTRACTOR] = rng.uniform(
-            BRIGHT_MIN, 1.0, size=(DISTRACTOR, DISTRACTOR)
-        )
-        distractor[i, dr : dr + DISTRACTOR, dc : dc + DISTRACTOR] = True
-    return PlantedData(
-        x=torch.tensor(x, dtype=torch.float32).unsqueeze(1),
-        y=torch.tensor(y, dtype=torch.long),
-        signal=torch.from_numpy(signal.reshape(n, -1)),
-        distractor=torch.from_numpy(distractor.reshape(n, -1)),
-    )
-
-
-def other_class_reference_sets(
-    pool: PlantedData, labels: Tensor, per_class: int, n_classes: int
-) -> Tensor:
-    """For every label, the first ``per_class`` pool images of each other class: (N, R, ...)."""
-    sets = [
-        torch.cat([pool.x[pool.y == c][:per_class] for c in range(n_classes) if c != label])
-        for label in labels.tolist()
-    ]
-    return torch.stack(sets)
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -568,229 +435,6 @@ def absolute_ranking_metrics(
 
 
 # --------------------------------------------------------------------------------------------
-# 2b. Digits: PAIR's PIC metrics (SIC, AIC)
-# --------------------------------------------------------------------------------------------
-
-
-class NumpyWithTrapz(types.ModuleType):
-    """NumPy as ``saliency.metrics.pic`` 0.2.1 expects it: ``np.trapz``, deprecated in NumPy 2.0
-    and since removed, is ``numpy.trapezoid`` (the same rule); everything else is NumPy."""
-
-    def __init__(self) -> None:
-        super().__init__("numpy_with_trapz")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(np, name)
-
-    @staticmethod
-    def trapz(y: Any, x: Any = None, dx: float = 1.0, axis: int = -1) -> Any:
-        return np.trapezoid(y, x=x, dx=dx, axis=axis)
-
-
-@contextmanager
-def pair_pic_module() -> Iterator[tuple[types.ModuleType, str]]:
-    """PAIR's ``pic`` module, adapted to this NumPy, and a sentence saying what was adapted."""
-    from saliency.metrics import pic
-
-    if not hasattr(np, "trapezoid"):  # NumPy 1.x: np.trapz is there and current
-        yield pic, "none needed: this NumPy still has np.trapz"
-        return
-    status = "deprecated in" if hasattr(np, "trapz") else "gone from"
-    adaptation = (
-        "saliency.metrics.pic's module-level `np` was replaced, for the PIC calls only, by a "
-        f"NumPy proxy whose np.trapz is numpy.trapezoid (np.trapz is {status} NumPy "
-        f"{np.__version__}); the rest of PAIR's code runs unchanged"
-    )
-    original = pic.np
-    pic.np = NumpyWithTrapz()
-    try:
-        yield pic, adaptation
-    finally:
-        pic.np = original
-
-
-@contextmanager
-def limited_threads(n_threads: int) -> Iterator[None]:
-    """At most ``n_threads`` threads for torch and for every native pool (OpenMP, BLAS).
-
-    The models here are tiny: with two threads per pool on a 2-core machine, the idle threads
-    of torch's, NumPy's and SciPy's pools spin against each other, and a run is 2 to 10 times
-    slower than with one thread (more when other processes share the cores).
-    """
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        with threadpool_limits(limits=n_threads):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def pic_thresholds(n_pixels: int) -> list[float]:
-    """PAIR's thresholds rounded up to whole pixels, without duplicates."""
-    counts = sorted({max(1, math.ceil(t * n_pixels)) for t in PAIR_THRESHOLDS})
-    return [k / n_pixels for k in counts if k < n_pixels]
-
-
-def to_uint8(image: Tensor) -> np.ndarray:
-    """An image in [0, 1] as PAIR's uint8 array, [H, W]."""
-    return (image * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def pic_prediction(
-    model: nn.Module, target: int, accuracy_curve: bool
-) -> Callable[[np.ndarray], list[float]]:
-    """PAIR's ``pred_func``: uint8 images [B, H, W] -> softmax of ``target`` (SIC) or whether
-    ``target`` is the predicted class (AIC)."""
-
-    def pred_func(images: np.ndarray) -> list[float]:
-        x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-        with torch.no_grad():
-            logits = model(x)
-        if accuracy_curve:
-            return (logits.argmax(dim=1) == target).double().tolist()
-        return torch.softmax(logits, dim=1)[:, target].double().tolist()
-
-    return pred_func
-
-
-def skip_reason(error: Exception) -> str:
-    """A short name for the reason PAIR's ``compute_pic_metric`` rejected an image."""
-    message = str(error)
-    if "min_pred_value" in message:
-        return f"prediction on the digit below {PIC_MIN_PRED}"
-    if "entropy" in message:
-        return "blurred start image not less compressible than the digit"
-    return "prediction on the blurred start image not lower than on the digit"
-
-
-@dataclass
-class PicRun:
-    """PIC results of every method for one curve kind (SIC or AIC).
-
-    Attributes
-    ----------
-    results : dict[str, list]
-        Method -> per image, PAIR's ``PicMetricResult``, or None where PAIR rejected the image.
-    skipped : Counter
-        Why images were rejected (the reasons do not depend on the saliency map).
-    """
-
-    results: dict[str, list[Any]] = field(default_factory=dict)
-    skipped: Counter[str] = field(default_factory=Counter)
-
-
-def pic_run(
-    pic: types.ModuleType,
-    model: nn.Module,
-    x: Tensor,
-    target: Tensor,
-    ranks: dict[str, Tensor],
-    random_masks: list[np.ndarray],
-    config: Config,
-    accuracy_curve: bool,
-) -> PicRun:
-    """PAIR's ``compute_pic_metric`` for every image and method (SIC, or AIC)."""
-    thresholds = pic_thresholds(SIZE * SIZE)
-    run = PicRun()
-    for name, rank in ranks.items():
-        per_image: list[Any] = []
-        for i in range(len(x)):
-            try:
-                result = pic.compute_pic_metric(
-                    img=to_uint8(x[i, 0]),
-                    saliency_map=rank[i].reshape(SIZE, SIZE).double().numpy(),
-                    random_mask=random_masks[i],
-                    pred_func=pic_prediction(model, int(target[i]), accuracy_curve),
-                    saliency_thresholds=thresholds,
-                    min_pred_value=PIC_MIN_PRED,
-                    num_data_points=config.pic_points,
-                )
-            except pic.ComputePicMetricError as error:
-                result = None
-                if name == RANDOM:  # count each image once
-                    run.skipped[skip_reason(error)] += 1
-            per_image.append(result)
-        run.results[name] = per_image
-    return run
-
-
-def pic_metric(pic: types.ModuleType, run: PicRun, key: str, column: str) -> Metric:
-    """Per-image AUCs of one PIC run on the images every method kept, and PAIR's aggregate."""
-    kept = [
-        i
-        for i in range(len(run.results[RANDOM]))
-        if all(run.results[m][i] is not None for m in run.results)
-    ]
-    values = {m: np.asarray([float(r[i].auc) for i in kept]) for m, r in run.results.items()}
-    aggregate = None
-    if kept:
-        aggregate = {
-            m: float(pic.aggregate_individual_pic_results([r[i] for i in kept], "median").auc)
-            for m, r in run.results.items()
-        }
-    return Metric(key, column, True, values, aggregate)
-
-
-def compressed_size_diagnostics(pic: types.ModuleType, run: PicRun) -> dict[str, float]:
-    """How well the webp size, PIC's information axis, behaves on 8 x 8 digits.
-
-    Along each curve the images reveal ever more pixels; a sound information measure would
-    never fall. Counts the steps where the size fell, and the intermediate images at least as
-    large as the digit itself (their normalised information is clipped to 1).
-    """
-    falls = steps = saturated = intermediate = 0
-    sizes_seen: list[int] = []
-    for results in run.results.values():
-        for result in results:
-            if result is None:
-                continue
-            sizes = [pic.estimate_image_entropy(image) for image in result.blurred_images]
-            sizes_seen += sizes
-            falls += sum(b < a for a, b in itertools.pairwise(sizes))
-            steps += len(sizes) - 1
-            saturated += sum(s >= sizes[-1] for s in sizes[1:-1])
-            intermediate += len(sizes) - 2
-    blank = pic.estimate_image_entropy(np.zeros((SIZE, SIZE), dtype=np.uint8))
-    if not steps:
-        return {"blank_image_bytes": float(blank)}
-    return {
-        "share_of_steps_where_size_fell": falls / steps,
-        "share_of_intermediate_images_saturated": saturated / intermediate,
-        "min_bytes": float(min(sizes_seen)),
-        "max_bytes": float(max(sizes_seen)),
-        "blank_image_bytes": float(blank),
-    }
-
-
-def pic_metrics(
-    model: nn.Module, x: Tensor, target: Tensor, ranks: dict[str, Tensor], config: Config
-) -> tuple[list[Metric], dict[str, Any]]:
-    """SIC and AIC of every method, with the adaptation made, skips and diagnostics."""
-    with pair_pic_module() as (pic, adaptation), limited_threads(1):
-        # One mask per image, shared by every method, as PAIR prescribes.
-        random_masks = [
-            pic.generate_random_mask(SIZE, SIZE, fraction=PIC_RANDOM_FRACTION)
-            for _ in range(len(x))
-        ]
-        sic = pic_run(pic, model, x, target, ranks, random_masks, config, accuracy_curve=False)
-        aic = pic_run(pic, model, x, target, ranks, random_masks, config, accuracy_curve=True)
-        metrics = [pic_metric(pic, sic, "sic", "SIC ↑"), pic_metric(pic, aic, "aic", "AIC ↑")]
-        diagnostics = compressed_size_diagnostics(pic, sic)
-    info = {
-        "np_trapz_adaptation": adaptation,
-        "thresholds_in_pixels": [round(t * SIZE * SIZE) for t in pic_thresholds(SIZE * SIZE)],
-        "random_mask_pixels": int(sum(m.sum() for m in random_masks)),
-        "skipped_sic": dict(sic.skipped),
-        "skipped_aic": dict(aic.skipped),
-        "compressed_size": diagnostics,
-    }
-    return metrics, info
-
-
-# --------------------------------------------------------------------------------------------
 # 2. Digits benchmark
 # --------------------------------------------------------------------------------------------
 
@@ -834,7 +478,7 @@ def run_digits_benchmark(config: Config, clock: Stopwatch) -> dict[str, Any]:
 
     ranks = {name: importance_ranks(order) for name, order in orders.items()}
     with clock.stage("digits: PIC"):
-        pic, pic_info = pic_metrics(model, x, target, ranks, config)
+        pic, pic_info = pic_metrics(model, x, target, ranks, config.pic_points)
     print_table(
         f"2d. Digits, PAIR's PIC metrics (higher is better): {header}",
         pic,
