@@ -118,6 +118,7 @@ def explain_dataset(
     save: Sequence[str] | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    device: str | torch.device | None = None,
     show_progress: bool = True,
 ) -> DatasetSummary:
     r"""
@@ -172,6 +173,10 @@ def explain_dataset(
         rank, world_size (int, optional): This process's share. Default: None, from
                     ``torch.distributed`` when it is initialised, else from the ``RANK`` and
                     ``WORLD_SIZE`` environment variables that ``torchrun`` sets, else 0 of 1.
+        device (str or torch.device, optional): Where each batch's tensors (inputs, target,
+                    baselines, a sampler's references) go before attribution. Default: None,
+                    the device of the explainer's model parameters (the CPU for a model
+                    without any).
         show_progress (bool, optional): Show a progress bar with the throughput and the
                     running share of converged examples, and print the summary at the end.
                     Default: True
@@ -199,8 +204,9 @@ def explain_dataset(
     rank, world_size = _rank_and_world_size(rank, world_size)
     if not isinstance(show_progress, bool):
         raise TypeError(f"`show_progress` must be a bool, got {type(show_progress).__name__}.")
+    device = torch.device(device) if device is not None else _model_device(explainer)
     if baselines is not None and not callable(baselines):
-        baselines = _detached(baselines)
+        baselines = _to(_detached(baselines), device)
     folder = _Folder(Path(out_dir), rank)
     folder.open(_run_record(explainer, kwargs, save))
     summary = DatasetSummary(folder.path, rank, world_size)
@@ -219,9 +225,10 @@ def explain_dataset(
             # raised at once, not recorded.
             batch = _as_batch(item, index)
             try:
+                batch = _on(batch, device)
                 if batch.baselines is None and baselines is not None:
                     batch.baselines = (
-                        _detached(baselines(batch.inputs, batch.target))
+                        _to(_detached(baselines(batch.inputs, batch.target)), device)
                         if callable(baselines)
                         else baselines
                     )
@@ -383,17 +390,18 @@ class BatchExplainer:
         n = len(batch[self.input_column])
         out = dict(batch)
         try:
-            inputs = torch.as_tensor(np.asarray(batch[self.input_column]), dtype=self.dtype)
+            # Ray's arrays are read-only: copy them rather than share their memory.
+            inputs = torch.tensor(np.asarray(batch[self.input_column]), dtype=self.dtype)
             target = None
             if self.target_column is not None:
-                target = torch.as_tensor(np.asarray(batch[self.target_column])).to(self.device)
+                target = torch.tensor(np.asarray(batch[self.target_column])).to(self.device)
             item = _Batch(inputs.to(self.device), target)
             if self.baselines_column is not None:
-                item.baselines = torch.as_tensor(
+                item.baselines = torch.tensor(
                     np.asarray(batch[self.baselines_column]), dtype=self.dtype
                 ).to(self.device)
             elif callable(self.baselines):
-                item.baselines = _detached(self.baselines(item.inputs, target))
+                item.baselines = _to(_detached(self.baselines(item.inputs, target)), self.device)
             elif self.baselines is not None:
                 item.baselines = _to(self.baselines, self.device)
             arrays, _ = _explain(self.explainer, item, self.kwargs, self.save, self.capabilities)
@@ -640,6 +648,16 @@ def _detached(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(_detached(v) for v in value)
     return value
+
+
+def _on(batch: _Batch, device: torch.device) -> _Batch:
+    """The batch with its tensors on ``device`` (the caller's tensors are not moved)."""
+    return _Batch(
+        _to(batch.inputs, device),
+        _to(batch.target, device),
+        _to(batch.baselines, device),
+        _to(batch.additional_forward_args, device),
+    )
 
 
 def _to(value: Any, device: torch.device) -> Any:

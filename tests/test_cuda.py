@@ -27,3 +27,22 @@ def test_cuda_matches_cpu(cls) -> None:  # type: ignore[no-untyped-def]
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(gpu_delta.cpu(), cpu_delta, rtol=1e-7, atol=1e-9)
+
+
+@cuda
+def test_explain_dataset_moves_cpu_batches_to_the_models_device(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from captum_ig2.dataset import explain_dataset, load_results
+
+    torch.manual_seed(0)
+    model = SmallCNN().double().eval()
+    x, y = torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    references = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]  # on the CPU
+    kwargs = dict(baselines=references, attribute_kwargs={"n_steps": 8}, show_progress=False)
+    cpu = explain_dataset(IterativeGradientIG(model), batches, tmp_path / "cpu", **kwargs)
+    gpu = explain_dataset(IterativeGradientIG(model.cuda()), batches, tmp_path / "gpu", **kwargs)
+    assert cpu.failed_batches == gpu.failed_batches == 0
+    a, b = load_results(tmp_path / "cpu"), load_results(tmp_path / "gpu")
+    torch.testing.assert_close(
+        torch.from_numpy(b["attributions"]), torch.from_numpy(a["attributions"])
+    )
