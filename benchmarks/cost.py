@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("--references", default="1,4", help="IG2's numbers of references")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=4, help="internal_batch_size, all methods")
-    parser.add_argument("--budget", type=float, default=2400.0, help="seconds; see above")
+    parser.add_argument("--budget", type=float, default=2400.0, help="seconds, then no new round")
     parser.add_argument("--json", default=None, help="write every run and the summary here")
     parser.add_argument("--figure", default=None, help="write error against seconds here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs")

@@ -1,4 +1,4 @@
-"""Token deletion on sentence pairs with all-MiniLM-L6-v2: which method finds the tokens that make
+"""Token deletion on sentence pairs with all-MiniLM-L6-v2: which method finds the words that make
 two sentences similar?
 
 Run::
@@ -188,7 +188,7 @@ class Config:
 
 def parse_config(argv: list[str] | None = None) -> tuple[Config, Path | None]:
     """The command line: ``--smoke`` shrinks every size; ``--json`` names the output file."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, < 60 s (CI)")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--pairs", type=int, default=None, help=f"at most {len(PAIRS)}")
