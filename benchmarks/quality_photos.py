@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Attribution quality on EfficientNet-Lite0 ({'smoke' if config.smoke else 'full'} "
         f"run): {len(photos.x)} crops of {len(config.photos)} photos at {config.size} px, "
         f"{config.refs} IG2 reference(s) per crop, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"torch threads: {torch.get_num_threads()}"
     )
     classes = sorted({int(t) for t in photos.target})
     print(
@@ -435,9 +435,9 @@ def main(argv: list[str] | None = None) -> None:
             photos.model, photos.x[rows], [photos.labels[i] for i in rows],
             photos.target[rows], photos.probability[rows],
         )  # fmt: skip
-        with clock.stage(f"attributions {done}"):
+        with clock.stage(f"part {done} attributions"):
             part_runs = attribute_all(part, references[rows], config)
-        with clock.stage(f"deletion and insertion {done}"):
+        with clock.stage(f"part {done} deletion and insertion"):
             part_metrics, _ = quality_metrics(part, part_runs, config)
         runs = merge_runs(runs, part_runs)
         metrics = merge_metrics(metrics, part_metrics)
@@ -462,8 +462,9 @@ def main(argv: list[str] | None = None) -> None:
                 metrics, short=SHORT)  # fmt: skip
     print_cost(runs, len(photos.x))
     total = time.perf_counter() - started
-    stages = ", ".join(f"{k} {v:.0f}" for k, v in clock.seconds.items())
-    print("\n" + textwrap.fill(f"Wall time: {total:.0f} s ({stages}).", width=100))
+    stages = "; ".join(f"{k}: {v:.0f} s" for k, v in clock.seconds.items())
+    print("\n" + textwrap.fill(f"Wall time: {total:.0f} s ({stages}).", width=100,
+                               break_on_hyphens=False))  # fmt: skip
     print("\nThe table in Markdown (clear winners in bold):\n" + markdown_table(metrics))
     if json_path is not None:
         write_report(json_path, config, photos, list(range(len(photos.x))), metrics, runs, started)

@@ -159,9 +159,9 @@ def print_table(
     if any(m.aggregate is not None for m in metrics):
         width = max(width, 26)
     name_width = max(24, *(len(row) + 2 for row in rows))
-    print("\n" + textwrap.fill(title, width=100))
+    print("\n" + textwrap.fill(title, width=100, break_on_hyphens=False))
     if note:
-        print(textwrap.fill(note, width=100))
+        print(textwrap.fill(note, width=100, break_on_hyphens=False))
     print(f"{'method':{name_width}s}" + "".join(f"{m.column:>{width}s}" for m in metrics))
     for method in rows:
         cells = "".join(f"{format_cell(m, method, digits):>{width}s}" for m in metrics)
@@ -192,7 +192,11 @@ def markdown_table(metrics: Sequence[Metric], digits: int = 3) -> str:
 
 def print_paragraph(text: str) -> None:
     """Prints ``text`` wrapped to 100 columns, as a bullet."""
-    print(textwrap.fill(text, width=100, initial_indent="- ", subsequent_indent="  "))
+    print(
+        textwrap.fill(
+            text, width=100, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False
+        )
+    )
 
 
 def metric_to_json(metric: Metric) -> dict[str, Any]:
