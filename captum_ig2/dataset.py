@@ -26,6 +26,7 @@ import shutil
 import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -698,19 +699,14 @@ def _own_batches(
                 "`batches`: the DataLoader shuffles, so processes would disagree on batch i; "
                 "use shuffle=False (or a seeded sampler that gives the same order everywhere)"
             )
-        mine: list[tuple[int, np.ndarray]] = []
-        for i, indices in enumerate(batches.batch_sampler):
-            if i % world_size != rank:
-                continue
-            indices = np.asarray(list(indices), dtype=np.int64)
-            if folder.is_done(i):
-                folder.check_index(i, indices)
-                yield i, indices, None
-            else:
-                mine.append((i, indices))
-        loader = _loader_over(batches, [indices.tolist() for _, indices in mine])
-        for (i, indices), item in zip(mine, loader, strict=True):
+        # The loader's sampler yields only this process's unfinished batches, lazily (memory
+        # stays flat in the data set's size); the finished batches it passed over wait in it.
+        selected = _SelectedBatches(batches.batch_sampler, rank, world_size, folder)
+        for item in _loader_over(batches, selected):
+            i, indices = selected.pending.popleft()
+            yield from selected.take_finished()
             yield i, indices, item
+        yield from selected.take_finished()
         return
     position = 0
     for i, item in enumerate(batches):
@@ -726,13 +722,41 @@ def _own_batches(
             yield i, indices, item
 
 
+class _SelectedBatches:
+    """A batch sampler over this process's unfinished batches of ``batch_sampler``; the
+    finished ones it skips (after checking their indices) are kept for the caller to report,
+    and the batches it yielded wait in ``pending`` until the loader delivers them."""
+
+    def __init__(self, batch_sampler: Any, rank: int, world_size: int, folder: _Folder) -> None:
+        self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
+        self.folder = folder
+        self.pending: deque[tuple[int, np.ndarray]] = deque()
+        self.finished: deque[tuple[int, np.ndarray, None]] = deque()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, indices in enumerate(self.batch_sampler):
+            if i % self.world_size != self.rank:
+                continue
+            indices = np.asarray(list(indices), dtype=np.int64)
+            if self.folder.is_done(i):
+                self.folder.check_index(i, indices)
+                self.finished.append((i, indices, None))
+            else:
+                self.pending.append((i, indices))
+                yield indices.tolist()
+
+    def take_finished(self) -> Iterator[tuple[int, np.ndarray, None]]:
+        while self.finished:
+            yield self.finished.popleft()
+
+
 def _shuffles(loader: Any) -> bool:
     from torch.utils.data import RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 
     return isinstance(loader.sampler, (RandomSampler, SubsetRandomSampler, WeightedRandomSampler))
 
 
-def _loader_over(loader: Any, index_batches: list[list[int]]) -> Any:
+def _loader_over(loader: Any, index_batches: Iterable[list[int]]) -> Any:
     """A DataLoader like ``loader`` that loads only the given batches of data set indices."""
     from torch.utils.data import DataLoader
 

@@ -422,3 +422,18 @@ def test_a_batch_of_the_wrong_form_stops_the_run_at_once(tmp_path):
     with pytest.raises(TypeError, match="tensor of inputs first"):
         explain_dataset(GuidedIG(model()), [([1.0, 2.0], 0)], tmp_path / "b", show_progress=False)
     assert not list((tmp_path / "shards").iterdir())
+
+
+def test_a_loader_with_worker_processes_gives_the_same_shards(tmp_path):
+    _run(tmp_path / "whole")
+    loader = DataLoader(CountingDataset(), BATCH_SIZE, num_workers=2)
+    first = explain_dataset(
+        IterativeGradientIG(model()), loader, tmp_path / "workers", baselines=references(),
+        attribute_kwargs=KWARGS, show_progress=False, rank=0, world_size=2,
+    )  # fmt: skip
+    rest = explain_dataset(
+        IterativeGradientIG(model()), loader, tmp_path / "workers", baselines=references(),
+        attribute_kwargs=KWARGS, show_progress=False,
+    )  # fmt: skip
+    assert first.batches == 4 and rest.resumed == 4 and rest.batches == N_BATCHES - 4
+    _assert_same_results(load_results(tmp_path / "workers"), load_results(tmp_path / "whole"))
