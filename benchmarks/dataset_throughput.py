@@ -455,7 +455,7 @@ def cpu_model() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="P values")

@@ -18,6 +18,7 @@ factory and returns the attributions as columns.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -120,6 +121,7 @@ def explain_dataset(
     rank: int | None = None,
     world_size: int | None = None,
     device: str | torch.device | None = None,
+    max_failures: int | None = None,
     show_progress: bool = True,
 ) -> DatasetSummary:
     r"""
@@ -178,6 +180,10 @@ def explain_dataset(
                     baselines, a sampler's references) go before attribution. Default: None,
                     the device of the explainer's model parameters (the CPU for a model
                     without any).
+        max_failures (int, optional): Stop with a RuntimeError (the summary in its message)
+                    once more than this many batches failed in this call; 0 stops at the first
+                    failure. Default: None, never stop: failures are recorded and the run goes
+                    on.
         show_progress (bool, optional): Show a progress bar with the throughput and the
                     running share of converged examples, and print the summary at the end.
                     Default: True
@@ -205,11 +211,15 @@ def explain_dataset(
     rank, world_size = _rank_and_world_size(rank, world_size)
     if not isinstance(show_progress, bool):
         raise TypeError(f"`show_progress` must be a bool, got {type(show_progress).__name__}.")
+    if max_failures is not None and (
+        isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0
+    ):
+        raise ValueError(f"`max_failures` must be None or an int >= 0, got {max_failures!r}.")
     device = torch.device(device) if device is not None else _model_device(explainer)
     if baselines is not None and not callable(baselines):
         baselines = _to(_detached(baselines), device)
     folder = _Folder(Path(out_dir), rank)
-    folder.open(_run_record(explainer, kwargs, save))
+    folder.open(_run_record(explainer, kwargs, save, baselines))
     summary = DatasetSummary(folder.path, rank, world_size)
     if capabilities.delta:
         summary.converged = 0
@@ -225,6 +235,7 @@ def explain_dataset(
             # A batch of the wrong form is the caller's mistake, the same for every batch:
             # raised at once, not recorded.
             batch = _as_batch(item, index)
+            batch_started = time.perf_counter()
             try:
                 batch = _on(batch, device)
                 if batch.baselines is None and baselines is not None:
@@ -242,6 +253,8 @@ def explain_dataset(
                         "indices"
                     )
                 arrays, converged = _explain(explainer, batch, kwargs, save, capabilities)
+                if batch.target is not None:
+                    arrays["target"] = _target_array(batch.target, n)
             except Exception as error:  # recorded, the run goes on
                 n = _examples_or_none(item)
                 message = f"{type(error).__name__}: {error}"
@@ -249,13 +262,15 @@ def explain_dataset(
                 summary.failed_batches += 1
                 summary.failed_examples += n or 0
                 summary.failures[message] = summary.failures.get(message, 0) + (n or 0)
+                if max_failures is not None and summary.failed_batches > max_failures:
+                    summary.seconds = time.perf_counter() - started
+                    raise RuntimeError(
+                        f"explain_dataset stopped: more than {max_failures} batches failed "
+                        f"(`max_failures`).\n{summary}"
+                    ) from error
             else:
                 arrays["index"] = example_index
-                if batch.target is not None:
-                    target = _target_array(batch.target, len(example_index))
-                    if target is not None:
-                        arrays["target"] = target
-                folder.write_shard(index, arrays, time.perf_counter() - started)
+                folder.write_shard(index, arrays, time.perf_counter() - batch_started)
                 summary.batches += 1
                 summary.examples += len(example_index)
                 if summary.converged is not None and converged is not None:
@@ -284,8 +299,8 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     over an earlier failure).
 
     Each entry has ``batch``, ``status`` (``"done"`` or ``"failed"``), ``examples`` and, when
-    done, ``shard`` (the folder, relative to `out_dir`) and ``arrays`` (name -> shape and
-    dtype), when failed, ``error``.
+    done, ``shard`` (the folder, relative to `out_dir`), ``arrays`` (name -> shape and dtype)
+    and ``seconds`` (the batch's attribution time), when failed, ``error``.
     """
     path = Path(out_dir)
     if not (path / "run.json").is_file():
@@ -432,9 +447,11 @@ class _Capabilities:
     gradcf: bool  # IG2 input attribution
     epsrel: float | None
     epsabs: float
+    no_delta: str = "the explainer has no convergence delta"
 
     @classmethod
     def of(cls, explainer: Any, kwargs: Mapping[str, Any]) -> _Capabilities:
+        from captum.attr import NoiseTunnel
         from captum.attr._utils.attribution import Attribution, LayerAttribution, NeuronAttribution
 
         from captum_ig2._attribution import PathAttribution
@@ -449,6 +466,10 @@ class _Capabilities:
         delta = (
             bool(explainer.has_convergence_delta()) if isinstance(explainer, Attribution) else False
         )
+        no_delta = cls.no_delta
+        if isinstance(explainer, NoiseTunnel):  # its delta: one per noisy sample
+            delta = False
+            no_delta = "NoiseTunnel's convergence delta is one per noisy sample, not per example"
         ours = isinstance(explainer, PathAttribution)
         input_space = not isinstance(explainer, (LayerAttribution, NeuronAttribution))
         return cls(
@@ -458,11 +479,12 @@ class _Capabilities:
             gradcf=ours and input_space and isinstance(explainer, IterativeGradientIG),
             epsrel=kwargs.get("epsrel", EPSREL) if ours else EPSREL,
             epsabs=float(kwargs.get("epsabs", 0.0)) if ours else 0.0,
+            no_delta=no_delta,
         )
 
     def available(self) -> dict[str, str | None]:
         """Each choice of `save`, with why it is not available (None where it is)."""
-        no_delta = "the explainer has no convergence delta" if not self.delta else None
+        no_delta = self.no_delta if not self.delta else None
         local = "the explainer's attributions are local (multiply_by_inputs=False)"
         return {
             "attributions": None,
@@ -510,7 +532,12 @@ def _explain(
         target=batch.target,
         additional_forward_args=batch.additional_forward_args,
     )
-    if "baselines" not in _parameters(explainer):
+    parameters = _parameters(explainer)
+    if "baselines" not in parameters and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):
+        if batch.baselines is not None:
+            raise ValueError(f"{type(explainer).__name__}.attribute takes no `baselines`")
         del args["baselines"]
     gradcf = None
     evaluations = None
@@ -669,19 +696,24 @@ def _to(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _target_array(target: Any, n: int) -> np.ndarray | None:
-    """The targets as an (N,) or (N, k) integer array, or None for other forms."""
+def _target_array(target: Any, n: int) -> np.ndarray:
+    """The targets of N examples as an (N,) or (N, k) array, in any of Captum's forms: an int, a
+    tuple (one index for all), a tensor of 1 or N, a list of ints or of tuples."""
     if isinstance(target, Tensor):
         array = target.detach().cpu().numpy()
-    elif isinstance(target, int) or (
-        isinstance(target, list) and all(isinstance(t, int) for t in target)
-    ):
+    elif isinstance(target, (int, np.integer)):
+        array = np.asarray(target, dtype=np.int64)
+    elif isinstance(target, tuple):
+        array = np.asarray(target, dtype=np.int64)[None]
+    elif isinstance(target, list):
         array = np.asarray(target, dtype=np.int64)
     else:
-        return None
-    if array.ndim == 0:
-        array = np.full(n, array.item(), dtype=array.dtype)
-    return array if array.shape[0] == n else None
+        raise TypeError(f"`target` of type {type(target).__name__} is not one of Captum's forms")
+    if array.ndim == 0 or (array.ndim >= 1 and array.shape[0] == 1 and n != 1):
+        array = np.broadcast_to(array.reshape(1, *array.shape[1:]), (n, *array.shape[1:]))
+    if array.shape[0] != n:
+        raise ValueError(f"`target` has {array.shape[0]} entries for {n} examples")
+    return np.ascontiguousarray(array)
 
 
 def _own_batches(
@@ -842,13 +874,37 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
     return rank, world_size
 
 
-def _run_record(explainer: Any, kwargs: Mapping[str, Any], save: tuple[str, ...]) -> dict[str, Any]:
+def _run_record(
+    explainer: Any, kwargs: Mapping[str, Any], save: tuple[str, ...], baselines: Any = None
+) -> dict[str, Any]:
+    """What a resume must match: the explainer's class, `attribute_kwargs`, `save` and the
+    `baselines` (a digest of fixed ones, the name of a sampler)."""
     return {
         "format": FORMAT_VERSION,
         "explainer": f"{type(explainer).__module__}.{type(explainer).__qualname__}",
         "attribute_kwargs": {k: _jsonable(v) for k, v in sorted(kwargs.items())},
         "save": list(save),
+        "baselines": _fingerprint(baselines),
     }
+
+
+def _fingerprint(baselines: Any) -> Any:
+    if baselines is None or isinstance(baselines, (bool, int, float)):
+        return baselines
+    if callable(baselines):
+        name = getattr(baselines, "__qualname__", type(baselines).__qualname__)
+        return f"callable {getattr(baselines, '__module__', '?')}.{name}"
+    parts = baselines if isinstance(baselines, tuple) else (baselines,)
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Tensor):
+            array = part.detach().cpu()
+            array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        else:
+            digest.update(repr(part).encode())
+    return f"sha256 {digest.hexdigest()[:16]}"
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,7 +10,9 @@ predicted class that differ most from the crop (R x 3 x H x W). ``map_batches`` 
 builds EfficientNet-Lite0 and the explainer once, on its GPU when it has one, and adds the
 columns ``attributions``, ``delta``, ``relative_error``, ``converged``, ``evaluations`` and
 ``error`` (empty, or the message of a batch that raised; its attributions are then NaN). The
-rows, without the references, are written to OUT_DIR as Parquet files.
+rows, without the references, are written to OUT_DIR as Parquet files; OUT_DIR must be new or
+empty, since Ray adds files to a folder (a second run would double every row). Ray 2.51 and
+later prefer ``compute=ray.data.ActorPoolStrategy(size=N)`` to ``concurrency=N``; both work.
 
 On this machine (a local Ray instance that lives as long as the script)::
 
@@ -50,6 +52,7 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,7 +111,7 @@ def build_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("out_dir", help="the output folder (or URI) of the Parquet files")
     parser.add_argument(
         "--address", default=None, help='the Ray cluster: "auto", HOST:6379; default: a local one'
@@ -140,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     import ray
 
     args = parse_args(argv)
+    out = Path(args.out_dir)
+    if "://" not in args.out_dir and out.is_dir() and any(out.iterdir()):
+        # write_parquet adds files to a folder: a second run would double every row.
+        raise SystemExit(f"{args.out_dir} is not empty; Ray would add to it. Give a new folder.")
     if args.address is None and args.smoke:  # a small local instance, one thread per worker
         ray.init(
             num_cpus=args.concurrency + 1,  # one left for the Parquet writes

@@ -103,7 +103,7 @@ def predicted_classes(model: torch.nn.Module, images: Tensor, batch_size: int = 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("out_dir", help="the output folder (resumed when it exists)")
     parser.add_argument("--explainer", choices=["ig2", "guided"], default="ig2")
     parser.add_argument("--size", type=int, default=None, help="crop side; default 224 (smoke 32)")

@@ -437,3 +437,48 @@ def test_a_loader_with_worker_processes_gives_the_same_shards(tmp_path):
     )  # fmt: skip
     assert first.batches == 4 and rest.resumed == 4 and rest.batches == N_BATCHES - 4
     _assert_same_results(load_results(tmp_path / "workers"), load_results(tmp_path / "whole"))
+
+
+def test_every_captum_target_form_is_saved_per_example(tmp_path):
+    x, y = CountingDataset().x, CountingDataset().y
+    batches = [(x[:3], torch.tensor([1])), (x[3:5], 2), {"inputs": x[5:8], "target": y[5:8]}]
+    explain_dataset(
+        IntegratedGradients(model()), batches, tmp_path, show_progress=False,
+        attribute_kwargs={"n_steps": 8},
+    )  # fmt: skip
+    np.testing.assert_array_equal(load_results(tmp_path)["target"], [1, 1, 1, 2, 2, *y[5:8]])
+
+
+def test_noise_tunnel_gives_its_attributions_and_refuses_a_per_example_delta(tmp_path):
+    from captum.attr import NoiseTunnel
+
+    nt = {"nt_type": "smoothgrad", "nt_samples": 3, "stdevs": 0.05, "n_steps": 4}
+    torch.manual_seed(0)
+    explain_dataset(
+        NoiseTunnel(IterativeGradientIG(model())), _loader(), tmp_path, show_progress=False,
+        baselines=references()[None], attribute_kwargs=nt,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    expected = _direct(NoiseTunnel(IterativeGradientIG(model())), references()[None], **nt)
+    results = load_results(tmp_path)
+    assert sorted(results) == ["attributions", "index", "target"]
+    np.testing.assert_allclose(results["attributions"], expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="one per noisy sample"):
+        explain_dataset(NoiseTunnel(GuidedIG(model())), _loader(), tmp_path / "b", save=["delta"])
+
+
+def test_a_resume_with_other_references_is_refused(tmp_path):
+    _run(tmp_path)
+    with pytest.raises(ValueError, match="baselines"):
+        _run(tmp_path, baselines=references() + 0.01)
+    assert json.loads((tmp_path / "run.json").read_text())["baselines"].startswith("sha256")
+
+
+def test_max_failures_stops_the_run_with_the_summary(tmp_path):
+    x = CountingDataset().x
+    batches = [(x[:2], 0), (x[2:4, :5], 0), (x[4:6], 0)]  # the second has the wrong shape
+    with pytest.raises(RuntimeError, match=r"more than 0 batches failed[\s\S]*1 batches failed"):
+        explain_dataset(GuidedIG(model()), batches, tmp_path, max_failures=0, show_progress=False)
+    assert [e["status"] for e in read_manifest(tmp_path)] == ["done", "failed"]
+    with pytest.raises(ValueError, match="max_failures"):
+        explain_dataset(GuidedIG(model()), batches, tmp_path, max_failures=-1)
