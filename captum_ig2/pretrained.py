@@ -23,10 +23,12 @@ __all__ = [
     "CROPS",
     "PHOTOS",
     "NormalizedEfficientNet",
+    "OtherClassReferences",
     "efficientnet_lite0",
     "photo",
     "photo_array",
     "photo_crops",
+    "predicted_classes",
 ]
 
 #: The photos by name: scikit-image's and scikit-learn's colour photos.
@@ -145,3 +147,45 @@ def photo_crops(
             images.append(_square(array, CROPS[k], size))
             labels.append(f"{name}/{k}")
     return torch.stack(images), labels
+
+
+def predicted_classes(model: nn.Module, images: Tensor, batch_size: int = 16) -> Tensor:
+    """The class ``model`` predicts for each image, (N,), in batches of ``batch_size``."""
+    with torch.no_grad():
+        return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
+
+
+class OtherClassReferences:
+    """IG2's reference sampler for :func:`captum_ig2.explain_dataset` (``baselines=``): for
+    every input, the ``per_input`` images of a pool whose predicted class differs from the
+    input's target, those farthest from the input (mean squared pixel difference) first.
+
+    Args:
+        pool: the candidate references, (M, C, H, W).
+        pool_classes: the class the model predicts for each, (M,) (see
+            :func:`predicted_classes`).
+        per_input: R, the references of every input.
+    """
+
+    def __init__(self, pool: Tensor, pool_classes: Tensor, per_input: int) -> None:
+        if not (isinstance(per_input, int) and 1 <= per_input <= len(pool)):
+            raise ValueError(f"`per_input` must be an int in [1, {len(pool)}], got {per_input!r}.")
+        if pool_classes.shape != (len(pool),):
+            raise ValueError(
+                f"`pool_classes` must have shape ({len(pool)},), got {tuple(pool_classes.shape)}."
+            )
+        self.pool, self.pool_classes, self.per_input = pool, pool_classes, per_input
+
+    def __call__(self, inputs: Tensor, target: Tensor) -> Tensor:
+        """The references of a batch, (N, R, C, H, W); raises ValueError where an input has
+        fewer than R candidates of another class."""
+        pool = self.pool.to(inputs.device, inputs.dtype)
+        target = torch.as_tensor(target, device=inputs.device).reshape(-1)
+        same = self.pool_classes.to(inputs.device)[None, :] == target[:, None]
+        if int((~same).sum(dim=1).min()) < self.per_input:
+            raise ValueError(
+                f"an input has fewer than {self.per_input} references of another class"
+            )
+        distance = (inputs[:, None] - pool[None]).pow(2).flatten(2).mean(dim=2)
+        distance[same] = -1.0  # never before a reference of another class
+        return pool[distance.argsort(dim=1, descending=True)[:, : self.per_input]]

@@ -57,11 +57,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from captum_ig2 import GuidedIG, IterativeGradientIG
 from captum_ig2.dataset import BatchExplainer
-from captum_ig2.pretrained import PHOTOS, efficientnet_lite0, photo_crops
+from captum_ig2.pretrained import (
+    PHOTOS,
+    OtherClassReferences,
+    efficientnet_lite0,
+    photo_crops,
+    predicted_classes,
+)
 
 
 def build_explainer(explainer: str) -> Any:
@@ -75,25 +80,6 @@ def build_explainer(explainer: str) -> Any:
     return GuidedIG(model)
 
 
-def predicted_classes(model: torch.nn.Module, images: Tensor, batch_size: int = 16) -> Tensor:
-    """The class ``model`` predicts for each image."""
-    with torch.no_grad():
-        return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
-
-
-def other_class_references(
-    images: Tensor, labels: Tensor, pool: Tensor, pool_classes: Tensor, per_input: int
-) -> Tensor:
-    """For every image, the ``per_input`` pool images of a predicted class other than its label
-    that differ most from it (mean squared pixel difference): (N, R, C, H, W)."""
-    same = pool_classes[None, :] == labels[:, None]
-    if int((~same).sum(dim=1).min()) < per_input:
-        raise ValueError(f"an image has fewer than {per_input} references of another class")
-    distance = (images[:, None] - pool[None]).pow(2).flatten(2).mean(dim=2)
-    distance[same] = -1.0  # never before a reference of another class
-    return pool[distance.argsort(dim=1, descending=True)[:, :per_input]]
-
-
 def build_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The rows of the data set: id, image, label (the predicted class) and, for IG2,
     reference."""
@@ -103,9 +89,8 @@ def build_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     columns: dict[str, Any] = {"id": ids, "image": images.numpy(), "label": labels.numpy()}
     if args.explainer == "ig2":
         pool, _ = photo_crops(PHOTOS, crops=1, size=args.size)  # the whole photos
-        references = other_class_references(
-            images, labels, pool, predicted_classes(model, pool), args.refs
-        )
+        sampler = OtherClassReferences(pool, predicted_classes(model, pool), args.refs)
+        references = sampler(images, labels)
         columns["reference"] = references.numpy()
     return [dict(zip(columns, row)) for row in zip(*columns.values(), strict=True)]
 

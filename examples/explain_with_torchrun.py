@@ -55,51 +55,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ig2 import GuidedIG, IterativeGradientIG
 from captum_ig2.dataset import explain_dataset
-from captum_ig2.pretrained import PHOTOS, efficientnet_lite0, photo_crops
-
-
-class OtherClassReferences:
-    """IG2's reference sampler: for every input, the ``per_input`` images of a pool whose
-    predicted class is not the input's target, those that differ most from the input (mean
-    squared pixel difference) first.
-
-    Parameters
-    ----------
-    pool : Tensor
-        The candidate references, (M, C, H, W).
-    pool_classes : Tensor
-        The class the model predicts for each, (M,).
-    per_input : int
-        The references R of every input.
-    """
-
-    def __init__(self, pool: Tensor, pool_classes: Tensor, per_input: int) -> None:
-        self.pool, self.pool_classes, self.per_input = pool, pool_classes, per_input
-
-    def __call__(self, inputs: Tensor, target: Tensor) -> Tensor:
-        """The references of a batch, (N, R, C, H, W); raises where an input has fewer than R
-        candidates of another class (``explain_dataset`` records that batch as failed)."""
-        pool = self.pool.to(inputs.device)
-        same = self.pool_classes.to(target.device)[None, :] == target[:, None]
-        if int((~same).sum(dim=1).min()) < self.per_input:
-            raise ValueError(
-                f"an input has fewer than {self.per_input} references of another class"
-            )
-        distance = (inputs[:, None] - pool[None]).pow(2).flatten(2).mean(dim=2)
-        distance[same] = -1.0  # never before a reference of another class
-        chosen = distance.argsort(dim=1, descending=True)[:, : self.per_input]
-        return pool[chosen]
-
-
-def predicted_classes(model: torch.nn.Module, images: Tensor, batch_size: int = 16) -> Tensor:
-    """The class ``model`` predicts for each image."""
-    with torch.no_grad():
-        return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
+from captum_ig2.pretrained import (
+    PHOTOS,
+    OtherClassReferences,
+    efficientnet_lite0,
+    photo_crops,
+    predicted_classes,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

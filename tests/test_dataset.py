@@ -482,3 +482,19 @@ def test_max_failures_stops_the_run_with_the_summary(tmp_path):
     assert [e["status"] for e in read_manifest(tmp_path)] == ["done", "failed"]
     with pytest.raises(ValueError, match="max_failures"):
         explain_dataset(GuidedIG(model()), batches, tmp_path, max_failures=-1)
+
+
+def test_other_class_references_are_the_farthest_images_of_another_class():
+    from captum_ig2.pretrained import OtherClassReferences
+
+    generator = torch.Generator().manual_seed(2)
+    pool, inputs = torch.rand(7, 3, 4, 4, generator=generator), torch.rand(3, 3, 4, 4)
+    pool_classes, target = torch.tensor([0, 1, 1, 2, 0, 2, 1]), torch.tensor([1, 0, 2])
+    chosen = OtherClassReferences(pool, pool_classes, per_input=2)(inputs, target)
+    assert chosen.shape == (3, 2, 3, 4, 4)
+    for i in range(3):  # brute force: the two farthest of another class, in order
+        others = [j for j in range(7) if pool_classes[j] != target[i]]
+        far = sorted(others, key=lambda j: -float((inputs[i] - pool[j]).pow(2).mean()))[:2]
+        assert torch.equal(chosen[i], pool[far])
+    with pytest.raises(ValueError, match="fewer than 5"):  # 4 images are not of class 1
+        OtherClassReferences(pool, pool_classes, per_input=5)(inputs, torch.tensor([1, 1, 1]))
