@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_ig2._attribution import EPSREL
+from captum_ig2._attribution import EPSREL, per_example_sum
 from captum_ig2._quadrature import ConvergenceWarning
 
 __all__ = ["BatchExplainer", "DatasetSummary", "explain_dataset", "load_results", "read_manifest"]
@@ -245,9 +245,7 @@ def explain_dataset(
                         else baselines
                     )
                 n = _examples(batch.inputs)
-                if example_index is None:
-                    example_index = np.arange(n, dtype=np.int64)
-                elif len(example_index) != n:
+                if len(example_index) != n:
                     raise ValueError(
                         f"the batch has {n} examples but its sampler gave {len(example_index)} "
                         "indices"
@@ -457,12 +455,7 @@ class _Capabilities:
         from captum_ig2._attribution import PathAttribution
         from captum_ig2.ig2 import IterativeGradientIG
 
-        if not hasattr(explainer, "attribute") or not callable(explainer.attribute):
-            raise TypeError(
-                "`explainer` must be an attribution object with an `attribute` method (e.g. "
-                f"captum_ig2.IterativeGradientIG or captum.attr.IntegratedGradients), got "
-                f"{type(explainer).__name__}."
-            )
+        # `explainer` has an `attribute` method: _check_attribute_kwargs checked it first.
         delta = (
             bool(explainer.has_convergence_delta()) if isinstance(explainer, Attribution) else False
         )
@@ -555,7 +548,8 @@ def _explain(
             attributions, delta = explainer.attribute(
                 inputs, **args, **kwargs, return_convergence_delta=True
             )
-        gap = _per_example_sum(attributions) - delta
+        parts = attributions if isinstance(attributions, (tuple, list)) else (attributions,)
+        gap = per_example_sum(tuple(parts)) - delta
         tolerance = capabilities.epsabs + (capabilities.epsrel or math.inf) * gap.abs()
     else:
         attributions = explainer.attribute(inputs, **args, **kwargs)
@@ -592,11 +586,6 @@ def _explain(
             for i, end in enumerate(ends):
                 arrays[f"gradcf_{i}"] = _numpy(end)
     return arrays, converged
-
-
-def _per_example_sum(attributions: Any) -> Tensor:
-    parts = list(attributions) if isinstance(attributions, (tuple, list)) else [attributions]
-    return sum(p.reshape(p.shape[0], -1).sum(dim=1) for p in parts)  # type: ignore[return-value]
 
 
 def _numpy(t: Tensor) -> np.ndarray:
@@ -718,7 +707,7 @@ def _target_array(target: Any, n: int) -> np.ndarray:
 
 def _own_batches(
     batches: Iterable[Any], rank: int, world_size: int, folder: _Folder
-) -> Iterator[tuple[int, np.ndarray | None, Any]]:
+) -> Iterator[tuple[int, np.ndarray, Any]]:
     """This process's batches as (batch index, example indices, item); item None where the
     shard is finished (its examples are not loaded when the loader allows it)."""
     from torch.utils.data import DataLoader, IterableDataset
