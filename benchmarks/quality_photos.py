@@ -25,9 +25,11 @@ step; for IG, Captum's default ``n_steps=50`` Gauss-Legendre) and with IDGI (Yan
 - **Guided IG**: black baseline, 200 steps, fraction 0.25, max_dist 0.02 (the paper's).
 - **IG2**: ``--refs`` references per input, the whole photos (crop 0) of other photos whose
   predicted class differs, in the order of ``PHOTOS``; the representation is ``_conv_head``
-  (1280 channels, before pooling); 50 GradPath steps clamped to [0, 1].
-- **GradCF difference**: input - GradCF (the end of IG2's GradPath), averaged over the
-  references; no gradient is integrated.
+  (1280 channels, before pooling); 50 GradPath steps clamped to [0, 1]. The default and IDGI
+  average the package's 8 adaptive walks per reference; "paper" is the paper's procedure, one
+  walk of equal steps and its sum.
+- **GradCF difference**: input - GradCF (the end of IG2's GradPaths), averaged over the
+  references and walks; no gradient is integrated.
 - **random (control)**: i.i.d. uniform scores.
 
 The runner-up class's GradCF is not here: IG2 descends the distance to a *sample's*
@@ -90,6 +92,8 @@ from captum_ig2 import ConvergenceWarning, GuidedIG, IterativeGradientIG
 
 PAPER = dict(method="riemann_left", nodes=1, epsrel=None)
 IDGI = dict(method="idgi", epsrel=None)
+#: The paper's IG2: one walk of equal steps, and its sum.
+IG2_PAPER = dict(walk="fixed", n_walks=1, **PAPER)
 ESTIMATORS = ("default", "paper", "IDGI")
 PATH_METHODS = ("IG (black)", "IG (blurred)", "Guided IG", "IG2")
 GRADCF = "GradCF difference"
@@ -171,8 +175,8 @@ def ig2(
     steps: int,
     estimator: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """IG2 and the GradCF difference (from the same GradPath)."""
-    kwargs = {"paper": PAPER, "IDGI": IDGI, "default": {}}[estimator]
+    """IG2 and the GradCF difference (from the same GradPaths)."""
+    kwargs = {"paper": IG2_PAPER, "IDGI": IDGI, "default": {}}[estimator]
     explainer = IterativeGradientIG(model, representation_layer=model.representation_layer)
     path = explainer.path(x, references, target=target, n_steps=steps, clamp=(0.0, 1.0), **kwargs)
     difference = x - path.end.mean(dim=1)

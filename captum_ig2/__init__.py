@@ -9,9 +9,11 @@ The classes are drop-in replacements for Captum's Integrated Gradients family: s
 - internal neuron attribution along a path: :class:`LayerPathConductance`
 - a whole data set, in resumable shards, over processes or Ray: :func:`explain_dataset`
   (more in :mod:`captum_ig2.dataset`)
+- how stable a map is: IG2's ``path(...).stability`` and :class:`StabilityWarning`, and
+  :func:`map_stability` for any method
 """
 
-from captum_ig2._attribution import AttributionPath
+from captum_ig2._attribution import AttributionPath, StabilityWarning
 from captum_ig2._quadrature import ConvergenceWarning
 from captum_ig2.conductance import LayerPathConductance
 from captum_ig2.dataset import explain_dataset
@@ -19,6 +21,7 @@ from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 from captum_ig2.layer import LayerGuidedIG, LayerIterativeGradientIG
 from captum_ig2.neuron import NeuronGuidedIG, NeuronIterativeGradientIG
+from captum_ig2.stability import map_stability
 
 __all__ = [
     "AttributionPath",
@@ -30,6 +33,8 @@ __all__ = [
     "LayerPathConductance",
     "NeuronGuidedIG",
     "NeuronIterativeGradientIG",
+    "StabilityWarning",
     "explain_dataset",
+    "map_stability",
 ]
 __version__ = "0.1.0"

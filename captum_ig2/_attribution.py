@@ -41,6 +41,22 @@ GUIDED_IG_METHOD = "riemann_trapezoid"
 #: into at most LIMIT pieces each.
 EPSREL = 0.02
 LIMIT = 8
+#: IG2 averages this many walks per reference (see ``IterativeGradientIG.attribute``) and warns
+#: with :class:`StabilityWarning` where the agreement of its walks predicts a cosine below
+#: MIN_STABILITY between the map and the map of a repeated call.
+N_WALKS = 8
+MIN_STABILITY = 0.9
+
+
+class StabilityWarning(UserWarning):
+    """An attribution map is not a stable function of its input.
+
+    Emitted by IG2's ``attribute`` and ``path`` where an example's stability, the predicted
+    cosine between its map and the map of the same call repeated with a rounding-sized change
+    (another batch, device, dtype or GPU kernel), is below ``MIN_STABILITY`` (0.9). The
+    prediction comes from the agreement of the call's own walks (see
+    :attr:`AttributionPath.stability`); raising ``n_walks`` raises it.
+    """
 
 
 #: The quadrature arguments of every ``attribute`` and ``path``, documented once.
@@ -109,7 +125,8 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
 
     Attributes:
         points: the path points, shape (n_steps + 1, N, R, *F) per input: for IG2 from the
-            input (index 0) to the GradCF (index -1) of each of the R references; for Guided IG
+            input (index 0) to the GradCF (index -1) of each of its R paths, one per reference
+            and walk (path r * W + w is walk w of reference r, see ``walks``); for Guided IG
             (R = 1) from the baseline to the input.
         outputs: the explained output f at every point, shape (n_steps + 1, N, R).
         attributions: the attributions, as ``attribute`` returns them.
@@ -126,6 +143,14 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
             there) or -1 (Guided IG, the path ends there).
         ends: the first and last point of every path, shape (N, R, *F) per input; with
             ``points`` None (``path(..., keep_points=False)``) ``start`` and ``end`` read them.
+        walks: W, the walks of every reference (IG2's ``n_walks``; 1 for Guided IG).
+        stability: per example, the predicted cosine between these attributions and those of
+            the same call repeated with a rounding-sized change, shape (N,); None with one
+            walk. IG2 averages W walks that start a rounding-sized offset apart; on a real
+            network each walk is one draw of many, and the agreement of the two halves of the
+            walks, c = cos(mean of walks [0, W/2), mean of walks [W/2, W)), predicts the
+            agreement of two whole calls: 2c / (1 + c) for equal halves (the Spearman-Brown
+            formula; see :func:`predicted_stability`).
     """
 
     points: TensorOrTupleOfTensorsGeneric
@@ -137,6 +162,8 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
     evaluations: Tensor
     input_index: int = 0
     ends: tuple[Any, Any] | None = None
+    walks: int = 1
+    stability: Tensor | None = None
 
     @property
     def converged(self) -> Tensor:
@@ -338,13 +365,16 @@ def finish(
     sign: float,
     record: bool,
     input_index: int,
+    walks: int = 1,
 ) -> AttributionPath:
     """Attributions, completeness error and path record of P = N x R integrated paths.
 
     ``sign`` is +1 for paths that run towards the input (Guided IG) and -1 for paths that start
-    at it (IG2), which attribute f(input) - f(path end). Raises where the model's output or its
+    at it (IG2), which attribute f(input) - f(path end). The R paths of an example are
+    ``walks`` walks of each of R / walks references. Raises where the model's output or its
     gradient stopped being finite on a path; warns with :class:`ConvergenceWarning` where an
-    example misses the completeness tolerance.
+    example misses the completeness tolerance and with :class:`StabilityWarning` where its
+    walks predict a map less stable than ``MIN_STABILITY``.
     """
     n, integration = call.n, call.integration
     _check_finite(name, result, r)
@@ -366,6 +396,12 @@ def finish(
     missed = ~(delta.abs() <= tolerance)
     if bool(missed.any()):
         _warn_not_converged(name, delta, gap, missed, integration)
+    stability = None
+    if walks > 1:
+        stability = walk_stability(result.integral, n, r // walks, walks)
+        unstable = stability < MIN_STABILITY
+        if bool(unstable.any()):
+            _warn_unstable(name, stability, unstable, walks)
     points: Any = None
     outputs = torch.empty(0)
     if record:
@@ -389,10 +425,54 @@ def finish(
         evaluations=evaluations,
         input_index=input_index,
         ends=ends,  # type: ignore[arg-type]
+        walks=walks,
+        stability=stability,
     )
 
 
-def empty_result(model: PathModel, call: Call, r: int, record: bool) -> AttributionPath:
+def walk_stability(integral: tuple[Tensor, ...], n: int, r: int, walks: int) -> Tensor:
+    """The predicted stability of every example's map from its paths' integrals.
+
+    ``integral`` holds P = N x R x W rows, walk w of reference r of example n in row
+    (n R + r) W + w. The walks [0, W // 2) and [W // 2, W) of every reference make two half
+    maps, averaged over the references, whose cosine c gives the prediction (see
+    :func:`predicted_stability`).
+    """
+    flat = torch.cat([t.reshape(n, r, walks, -1) for t in integral], dim=3).double()
+    half = walks // 2
+    first = flat[:, :, :half].mean(dim=(1, 2))
+    second = flat[:, :, half:].mean(dim=(1, 2))
+    norms = first.norm(dim=1) * second.norm(dim=1)
+    both_zero = (first.norm(dim=1) == 0) & (second.norm(dim=1) == 0)
+    cosine = torch.where(
+        norms > 0, (first * second).sum(dim=1) / torch.where(norms > 0, norms, 1.0), 0.0
+    )
+    cosine = torch.where(both_zero, 1.0, cosine)  # no attribution at all: nothing to vary
+    return predicted_stability(cosine, half, walks - half).to(integral[0].dtype).cpu()
+
+
+def predicted_stability(cosine: Tensor, a: int, b: int) -> Tensor:
+    """The expected cosine between two maps that each average a + b walks, given the cosine
+    between the mean of a walks and the mean of b others.
+
+    Each walk's map is taken as a common map s plus a walk's own part, independent across walks,
+    of expected squared norm q |s|^2. Then the means of a and b walks have the cosine
+    c = 1 / sqrt((1 + q / a) (1 + q / b)), which gives q, and two means of a + b walks have the
+    cosine 1 / (1 + q / (a + b)); for a = b this is the Spearman-Brown formula 2c / (1 + c).
+    A cosine c <= 0 predicts 0.
+    """
+    c = cosine.double().clamp(min=0.0, max=1.0)
+    # q^2 / (a b) + q (1 / a + 1 / b) + 1 - 1 / c^2 = 0, for q >= 0
+    ia, ib = 1.0 / a, 1.0 / b
+    safe = torch.where(c > 0, c, 1.0)
+    constant = 1.0 - 1.0 / safe**2
+    q = (-(ia + ib) + torch.sqrt((ia + ib) ** 2 - 4 * ia * ib * constant)) / (2 * ia * ib)
+    return torch.where(c > 0, 1.0 / (1.0 + q / (a + b)), 0.0)
+
+
+def empty_result(
+    model: PathModel, call: Call, r: int, record: bool, walks: int = 1
+) -> AttributionPath:
     """The result of a call with no examples (N = 0): empty attributions of the inputs' (or the
     layer's) shape, as Captum's IG returns, without evaluating the model."""
     empty = torch.zeros(0, dtype=model.inputs[0].dtype, device=model.inputs[0].device)
@@ -413,6 +493,8 @@ def empty_result(model: PathModel, call: Call, r: int, record: bool) -> Attribut
         tolerance=empty,
         evaluations=torch.zeros(0, dtype=torch.long),
         ends=(no_points, no_points),
+        walks=walks,
+        stability=empty if walks > 1 else None,
     )
 
 
@@ -459,6 +541,21 @@ def _warn_not_converged(
         f"refined further, or `nodes` (now {integration.nodes}), or loosen `epsrel`; "
         "`path(...)` reports the error and the gradient evaluations of every example.",
         ConvergenceWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def _warn_unstable(name: str, stability: Tensor, unstable: Tensor, walks: int) -> None:
+    worst = int(torch.argmin(stability))
+    warnings.warn(
+        f"{name}: the maps of {int(unstable.sum())} of {stability.numel()} examples are less "
+        f"stable than {MIN_STABILITY}: the worst, example {worst}, is predicted to have cosine "
+        f"{float(stability[worst]):.3f} to the map of the same call repeated with a "
+        "rounding-sized change (another batch, device, dtype or GPU kernel). Its walks, "
+        f"{walks} per reference, end in different places: raise `n_walks` (the part of the map "
+        "that differs between walks falls as 1 / n_walks); `path(...).stability` reports "
+        "every example.",
+        StabilityWarning,
         stacklevel=_caller_stacklevel(),
     )
 

@@ -63,6 +63,21 @@ def check_n_steps(n_steps: Any) -> int:
     return _check_int("n_steps", n_steps, 1)
 
 
+#: IG2's GradPath walks: "adaptive" (the package's default) and "fixed" (the paper's); see
+#: ``_steps.CounterfactualGradientStep``.
+WALKS = ("adaptive", "fixed")
+
+
+def check_walks(n_walks: Any, walk: Any) -> tuple[int, str]:
+    """IG2's number of walks per reference and its kind of walk."""
+    if walk not in WALKS:
+        raise ValueError(
+            f"`walk` must be one of {WALKS}, got {walk!r}: 'adaptive' shortens a step after the "
+            "GradPath reversed, 'fixed' is the paper's walk of equal steps."
+        )
+    return _check_int("n_walks", n_walks, 1), walk
+
+
 def _check_int(name: str, value: Any, least: int) -> int:
     """An integral number (Python's or NumPy's) of at least ``least``, as a Python int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -16,9 +16,10 @@ at most ``internal_batch_size`` rows, and keeps only the current segment in memo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,11 +41,14 @@ class StepRule(Protocol):
 
     ``needs_output_gradient`` and ``needs_distance_gradient`` ask the engine for the explained
     output's gradient at ``x_k`` and for the gradient of the representation distance (IG2's
-    GradPath); what was not asked for may come as None.
+    GradPath); what was not asked for may come as None. Where ``first_offset`` is not None, the
+    distance's gradient of the first step is taken at x_0 + first_offset (IG2's walks), while
+    the path, and its integral, start at x_0.
     """
 
     needs_output_gradient: bool
     needs_distance_gradient: bool
+    first_offset: tuple[Tensor, ...] | None
 
     def __call__(
         self,
@@ -85,6 +89,51 @@ class PathIntegral:
     points: tuple[Tensor, ...] | None = None
     outputs: Tensor | None = None
     ends: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
+
+
+class _FullFloat32:
+    """Keeps CUDA's float32 convolutions and matrix products in full float32 precision while any
+    call of the package runs on a CUDA device, and restores the user's settings after the last.
+
+    PyTorch lets cuDNN run float32 convolutions as TF32 by default, which rounds every product to
+    10 bits of mantissa (about 1e-3). A straight path (Captum's IG) hardly notices; a GradPath
+    turns such a rounding difference into another walk: on EfficientNet-Lite0 on an H200, IG2's
+    default map in float32 had cosine 0.81 to its float64 map with TF32 and 0.98 to 0.99
+    without (``benchmarks/stability.py``). The settings are process-wide, so calls in several
+    threads share one count and the first to start saves them, the last to end restores them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: tuple[bool, str] | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, device: torch.device) -> Iterator[None]:
+        if device.type != "cuda":
+            yield
+            return
+        with self._lock:
+            if self._depth == 0:
+                self._saved = (
+                    torch.backends.cudnn.allow_tf32,
+                    torch.get_float32_matmul_precision(),
+                )
+                torch.backends.cudnn.allow_tf32 = False
+                torch.set_float32_matmul_precision("highest")
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._saved is not None:
+                    torch.backends.cudnn.allow_tf32 = self._saved[0]
+                    torch.set_float32_matmul_precision(self._saved[1])
+                    self._saved = None
+
+
+full_float32 = _FullFloat32()
 
 
 def on_this_thread() -> Callable[[], bool]:
@@ -167,10 +216,13 @@ def target_output(target: Any) -> Explain:
         try:
             selected = _select_targets(output, slice_target(target, rows))
         except (IndexError, AssertionError, RuntimeError) as error:  # only the output is indexed
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            shape = (
+                f"of shape {tuple(output.shape[1:])} per example"
+                if isinstance(output, Tensor)
+                else f"({type(output).__name__})"
+            )
             raise ValueError(
-                f"`target` does not select from the model output of shape {shape}: "
-                f"{str(error).rstrip('.')}."
+                f"`target` does not select from the model output {shape}: {str(error).rstrip('.')}."
             ) from error
         return scalar_per_example(selected)
 
@@ -470,11 +522,19 @@ def integrate_path(
                 or (step.needs_output_gradient and not last)
             )
             distance_grad = step.needs_distance_gradient and not last
+            offset = step.first_offset if k == 0 and distance_grad else None
             value, grad, dist_grad = _evaluate_chunked(
-                function, x, internal_batch_size, True, output_grad, distance_grad
-            )
+                function, x, internal_batch_size, True, output_grad,
+                distance_grad and offset is None,
+            )  # fmt: skip
             assert value is not None
-            if output_grad or distance_grad:  # one forward and backward pass (or two)
+            if output_grad or (distance_grad and offset is None):  # one forward, 1 or 2 backward
+                evaluations += 1
+            if offset is not None:  # the first direction, taken a rounding-size away
+                probe = tuple(t + o for t, o in zip(x, offset))
+                _, _, dist_grad = _evaluate_chunked(
+                    function, probe, internal_batch_size, False, False, True
+                )
                 evaluations += 1
             # Where the model's output stops being finite, remember the step, without a sync.
             if k == 0:

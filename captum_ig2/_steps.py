@@ -18,24 +18,51 @@ class CounterfactualGradientStep:
     """IG2's GradPath step (Zhuo & Ge, TPAMI 2024, Sec. 3.2, Eq. 6).
 
     Each step descends the distance between the representations of the current point and of the
-    reference by a fixed L2 length along the normalised gradient, then clips to the input domain::
+    reference along the normalised gradient, then clips to the input domain::
 
-        x_k+1 = clip(x_k - eta * g / ||g||_2),   g = grad_x ||rep(x_k) - rep(reference)||^2
+        x_k+1 = clip(x_k - h_k * g / ||g||_2),   g = grad_x ||rep(x_k) - rep(reference)||^2
 
-    The norm is taken per path over all input tensors together. A zero gradient (the point's
-    representation already equals the reference's) leaves the point where it is.
+    The paper's walk (``walk="fixed"``) takes h_k = eta at every step. On a real network the
+    distance's gradient turns within a fraction of eta (shattered gradients): the fixed walk
+    overshoots the valleys of the distance, zig-zags across them (consecutive steps point
+    against each other) and turns a rounding difference into another walk. The adaptive walk
+    (``walk="adaptive"``) keeps the descent and shortens the step where it overshot: after a
+    reversal, two consecutive unit directions with a negative inner product, h_k+1 = h_k / 2;
+    otherwise h_k+1 = min(1.5 h_k, eta). It is the step-size control of Rprop (Riedmiller &
+    Braun, ICNN 1993), which halves a weight's step when its gradient changes sign, applied to the
+    whole direction of the walk.
+
+    The norm and the inner product are taken per path over all input tensors together. A zero
+    gradient (the point's representation already equals the reference's) leaves the point where
+    it is.
 
     Args:
-        step_size: eta, one value per path, shape (P,).
+        step_size: eta, the largest step, one value per path, shape (P,).
         clamp: one (low, high) pair per input tensor, or None for no clipping.
+        walk: ``"adaptive"`` or ``"fixed"`` (see above).
+        first_offset: the first direction is taken at x_0 + first_offset (see
+            :func:`walk_offsets`), or at x_0 where None.
     """
 
     needs_output_gradient = False
     needs_distance_gradient = True
+    #: The adaptive walk's factors after a reversal and after a step that went on.
+    SHRINK = 0.5
+    GROW = 1.5
 
-    def __init__(self, step_size: Tensor, clamp: tuple[tuple[Any, Any], ...] | None) -> None:
+    def __init__(
+        self,
+        step_size: Tensor,
+        clamp: tuple[tuple[Any, Any], ...] | None,
+        walk: str = "adaptive",
+        first_offset: tuple[Tensor, ...] | None = None,
+    ) -> None:
         self.step_size = step_size
         self.clamp = clamp
+        self.first_offset = first_offset
+        self.adaptive = walk == "adaptive"
+        self.length = step_size  # h_k, per path
+        self._previous: tuple[Tensor, ...] | None = None  # the last unit direction
 
     def __call__(
         self,
@@ -46,9 +73,21 @@ class CounterfactualGradientStep:
     ) -> tuple[Tensor, ...]:
         assert distance_grad is not None
         direction = unit_direction(distance_grad)
+        if self.adaptive:
+            if self._previous is not None:
+                turn = sum(
+                    (a * b).reshape(a.shape[0], -1).sum(dim=1)
+                    for a, b in zip(direction, self._previous)
+                )
+                self.length = torch.where(
+                    turn < 0,
+                    self.length * self.SHRINK,
+                    torch.minimum(self.length * self.GROW, self.step_size),
+                )
+            self._previous = direction
         moved = []
         for i, (t, g) in enumerate(zip(x, direction)):
-            nxt = t - self.step_size.view(-1, *([1] * (t.dim() - 1))) * g
+            nxt = t - self.length.view(-1, *([1] * (t.dim() - 1))) * g
             if self.clamp is not None:
                 low, high = self.clamp[i]
                 nxt = nxt.clamp(low, high)
@@ -110,6 +149,7 @@ class GuidedStep:
 
     needs_output_gradient = True
     needs_distance_gradient = False
+    first_offset = None
     #: PAIR's tolerance for "the L1 target is met" (``math.isclose`` with this rel and abs tol).
     EPSILON = 1e-9
 
@@ -198,3 +238,51 @@ class GuidedStep:
 def _l1(t: Tensor) -> Tensor:
     """The L1 norm of every row of ``t`` (P, D), summed in float64."""
     return t.abs().sum(dim=1, dtype=torch.float64)
+
+
+#: The relative size of the offsets that start IG2's walks apart (see :func:`walk_starts`).
+WALK_OFFSET = 2e-6
+
+
+def walk_offsets(
+    start: tuple[Tensor, ...],
+    references: tuple[Tensor, ...],
+    n_walks: int,
+    clamp: tuple[tuple[Any, Any], ...] | None,
+) -> tuple[Tensor, ...] | None:
+    """Where the W walks of every path take their first direction, as offsets from the start:
+    P = M x W rows, walk w = p % W of path p // W; None for one walk.
+
+    Every walk starts at the input. Walk 0 takes its first direction there; walk w >= 1 at the
+    input moved by a fixed pseudo-random offset of RMS ``WALK_OFFSET`` (at least 16 rounding
+    units of the dtype) times the RMS of input - reference, clipped to the domain: a difference
+    of the size that rounding, a batch of another composition or another GPU kernel makes, which
+    the GradPath turns into another walk. Offset w of input tensor i is drawn from a generator
+    seeded with w + 7919 i, in float64, and is the same for every example, so that a walk does
+    not depend on the batch, the device or the dtype.
+    """
+    if n_walks == 1:
+        return None
+    walk = torch.arange(start[0].shape[0], device=start[0].device) % n_walks
+    diff = flatten(start) - flatten(references)
+    n_features = max(diff.shape[1], 1)
+    relative = max(WALK_OFFSET, 16 * torch.finfo(start[0].dtype).eps)
+    scale = diff.norm(dim=1) / math.sqrt(n_features) * relative  # (P,)
+    offsets = []
+    for i, t in enumerate(start):
+        noise = torch.stack(
+            [torch.zeros(t.shape[1:], dtype=torch.float64)]
+            + [
+                torch.randn(
+                    t.shape[1:],
+                    generator=torch.Generator().manual_seed(w + 7919 * i),
+                    dtype=torch.float64,
+                )
+                for w in range(1, n_walks)
+            ]
+        ).to(device=t.device, dtype=t.dtype)
+        probe = t + scale.view(-1, *([1] * (t.dim() - 1))) * noise[walk]
+        if clamp is not None:
+            probe = probe.clamp(*clamp[i])
+        offsets.append(probe - t)
+    return tuple(offsets)

@@ -37,7 +37,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_ig2._attribution import EPSREL, per_example_sum
+from captum_ig2._attribution import (
+    EPSREL,
+    MIN_STABILITY,
+    N_WALKS,
+    StabilityWarning,
+    per_example_sum,
+)
 from captum_ig2._quadrature import ConvergenceWarning
 
 __all__ = ["BatchExplainer", "DatasetSummary", "explain_dataset", "load_results", "read_manifest"]
@@ -45,7 +51,9 @@ __all__ = ["BatchExplainer", "DatasetSummary", "explain_dataset", "load_results"
 #: The layout version written to ``run.json``; a folder of another version is not resumed.
 FORMAT_VERSION = 1
 #: What a shard may hold besides ``index`` (and ``target`` when the batches have targets).
-SAVE_CHOICES = ("attributions", "delta", "relative_error", "converged", "evaluations", "gradcf")
+SAVE_CHOICES = (
+    "attributions", "delta", "relative_error", "converged", "evaluations", "gradcf", "stability",
+)  # fmt: skip
 
 Baselines = Any  # None, a number, a tensor (tuple), or a callable (inputs, target) -> those
 
@@ -65,6 +73,8 @@ class DatasetSummary:
         failures: per error message, how many examples failed with it.
         converged: of the examples written, how many are within the completeness tolerance
             (None when the explainer has no convergence delta).
+        stable: of the examples written, how many have a stability of at least 0.9 (None
+            where the explainer reports no stability: IG2 with one walk, other classes).
         seconds: wall-clock time of the call.
     """
 
@@ -78,6 +88,7 @@ class DatasetSummary:
     failed_examples: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     converged: int | None = None
+    stable: int | None = None
     seconds: float = 0.0
 
     @property
@@ -93,6 +104,8 @@ class DatasetSummary:
         )
         if self.converged is not None and self.examples:
             text += f"; {self.converged / self.examples:.1%} within the completeness tolerance"
+        if self.stable is not None and self.examples:
+            text += f", {self.stable / self.examples:.1%} stable to {MIN_STABILITY}"
         if self.failed_batches:
             text += f"; {self.failed_examples} examples in {self.failed_batches} batches failed:"
             for message, count in self.failures.items():
@@ -169,10 +182,13 @@ def explain_dataset(
                     ``"converged"`` (whether that error is within the tolerance: the
                     explainer's own, ``epsabs + epsrel * abs(gap)``, or 2 % for Captum's
                     classes), ``"evaluations"`` (gradients spent per example; this package's
-                    input classes) and ``"gradcf"`` (IG2's GradCF per reference, shape
-                    (N, R, \*F)). Default: None, the attributions and, where the explainer has
-                    a convergence delta, ``delta``, ``relative_error`` and ``converged``, and
-                    ``evaluations`` where it counts them.
+                    input classes), ``"gradcf"`` (IG2's GradCF per reference and walk, shape
+                    (N, R W, \*F), walk w of reference r at r W + w) and ``"stability"``
+                    (IG2's predicted cosine to a repeated call, see
+                    :attr:`~captum_ig2.AttributionPath.stability`). Default: None, the
+                    attributions and, where the explainer has a convergence delta, ``delta``,
+                    ``relative_error`` and ``converged``, and ``evaluations`` and
+                    ``stability`` where it reports them.
         rank, world_size (int, optional): This process's share. Default: None, from
                     ``torch.distributed`` when it is initialised, else from the ``RANK`` and
                     ``WORLD_SIZE`` environment variables that ``torchrun`` sets, else 0 of 1.
@@ -223,6 +239,8 @@ def explain_dataset(
     summary = DatasetSummary(folder.path, rank, world_size)
     if capabilities.delta:
         summary.converged = 0
+    if capabilities.stability:
+        summary.stable = 0
     started = time.perf_counter()
     bar = _progress_bar(batches, rank, world_size) if show_progress else None
     try:
@@ -250,7 +268,9 @@ def explain_dataset(
                         f"the batch has {n} examples but its sampler gave {len(example_index)} "
                         "indices"
                     )
-                arrays, converged = _explain(explainer, batch, kwargs, save, capabilities)
+                arrays, converged, stability = _explain(
+                    explainer, batch, kwargs, save, capabilities
+                )
                 if batch.target is not None:
                     arrays["target"] = _target_array(batch.target, n)
             except Exception as error:  # recorded, the run goes on
@@ -273,6 +293,8 @@ def explain_dataset(
                 summary.examples += len(example_index)
                 if summary.converged is not None and converged is not None:
                     summary.converged += int(converged.sum())
+                if summary.stable is not None and stability is not None:
+                    summary.stable += int((stability >= MIN_STABILITY).sum())
             if bar is not None:
                 bar.update(1)
                 elapsed = time.perf_counter() - started
@@ -418,14 +440,14 @@ class BatchExplainer:
                 item.baselines = _to(_detached(self.baselines(item.inputs, target)), self.device)
             elif self.baselines is not None:
                 item.baselines = _to(self.baselines, self.device)
-            arrays, _ = _explain(self.explainer, item, self.kwargs, self.save, self.capabilities)
+            arrays, _, _ = _explain(self.explainer, item, self.kwargs, self.save, self.capabilities)
             out.update(arrays)
             out["error"] = np.array([""] * n, dtype=object)
         except Exception as error:  # reported per row, the job goes on
             shape = np.asarray(batch[self.input_column]).shape
             if "attributions" in self.save:
                 out["attributions"] = np.full(shape, np.nan, dtype=np.float32)
-            for name in ("delta", "relative_error"):
+            for name in ("delta", "relative_error", "stability"):
                 if name in self.save:
                     out[name] = np.full(n, np.nan, dtype=np.float32)
             if "converged" in self.save:
@@ -443,6 +465,7 @@ class _Capabilities:
     global_: bool  # attributions sum to the output difference (multiply_by_inputs)
     path: bool  # this package's input class: path(keep_points=False) reports everything
     gradcf: bool  # IG2 input attribution
+    stability: bool  # IG2 input attribution with several walks
     epsrel: float | None
     epsabs: float
     no_delta: str = "the explainer has no convergence delta"
@@ -465,11 +488,13 @@ class _Capabilities:
             no_delta = "NoiseTunnel's convergence delta is one per noisy sample, not per example"
         ours = isinstance(explainer, PathAttribution)
         input_space = not isinstance(explainer, (LayerAttribution, NeuronAttribution))
+        ig2 = ours and input_space and isinstance(explainer, IterativeGradientIG)
         return cls(
             delta=delta,
             global_=bool(getattr(explainer, "multiplies_by_inputs", False)),
             path=ours and input_space and hasattr(explainer, "path"),
-            gradcf=ours and input_space and isinstance(explainer, IterativeGradientIG),
+            gradcf=ig2,
+            stability=ig2 and kwargs.get("n_walks", N_WALKS) > 1,
             epsrel=kwargs.get("epsrel", EPSREL) if ours else EPSREL,
             epsabs=float(kwargs.get("epsabs", 0.0)) if ours else 0.0,
             no_delta=no_delta,
@@ -486,6 +511,9 @@ class _Capabilities:
             "converged": no_delta or (None if self.global_ or self.path else local),
             "evaluations": None if self.path else "only this package's input classes count them",
             "gradcf": None if self.gradcf else "only IterativeGradientIG has a GradCF",
+            "stability": None
+            if self.stability
+            else "only IterativeGradientIG with n_walks > 1 reports a stability",
         }
 
     def check_save(self, save: Sequence[str] | None) -> tuple[str, ...]:
@@ -510,11 +538,12 @@ def _explain(
     kwargs: Mapping[str, Any],
     save: tuple[str, ...],
     capabilities: _Capabilities,
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Attributes one batch; returns the arrays to save and, where the explainer has a
-    convergence delta, which examples are within the tolerance. Raises where the batch is bad.
-    The explainer's ConvergenceWarning is not raised per batch: the examples that missed are
-    counted (and saved in ``converged``) instead."""
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    """Attributes one batch; returns the arrays to save, where the explainer has a convergence
+    delta which examples are within the tolerance, and where it reports one every example's
+    stability. Raises where the batch is bad. The explainer's ConvergenceWarning and
+    StabilityWarning are not raised per batch: the examples that missed are counted (and saved
+    in ``converged`` and ``stability``) instead."""
     inputs = batch.inputs
     for i, t in enumerate(inputs if isinstance(inputs, tuple) else (inputs,)):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -534,12 +563,16 @@ def _explain(
         del args["baselines"]
     gradcf = None
     evaluations = None
+    stability = None
     if capabilities.path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", StabilityWarning)
             record = explainer.path(inputs, **args, **kwargs, keep_points=False)
         attributions, delta, gap = record.attributions, record.delta, record.gap
         tolerance, evaluations = record.tolerance, record.evaluations
+        if record.stability is not None:
+            stability = _numpy(record.stability)
         if "gradcf" in save:
             gradcf = record.end
     elif capabilities.delta:
@@ -578,6 +611,8 @@ def _explain(
             arrays["converged"] = converged
     if "evaluations" in save and evaluations is not None:
         arrays["evaluations"] = _numpy(evaluations)
+    if "stability" in save and stability is not None:
+        arrays["stability"] = stability
     if gradcf is not None:
         ends = list(gradcf) if isinstance(gradcf, tuple) else [gradcf]
         if len(ends) == 1 and not isinstance(gradcf, tuple):
@@ -585,7 +620,7 @@ def _explain(
         else:
             for i, end in enumerate(ends):
                 arrays[f"gradcf_{i}"] = _numpy(end)
-    return arrays, converged
+    return arrays, converged, stability
 
 
 def _numpy(t: Tensor) -> np.ndarray:

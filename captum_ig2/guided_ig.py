@@ -22,7 +22,7 @@ from captum_ig2._attribution import (
     finish,
 )
 from captum_ig2._common import check_unit_interval, expand_for_paths, format_references
-from captum_ig2._path import Observer, PathFunction, integrate_path
+from captum_ig2._path import Observer, PathFunction, full_float32, integrate_path
 from captum_ig2._steps import GuidedStep
 
 
@@ -249,6 +249,7 @@ class GuidedIG(PathAttribution):
         explained = tuple(t.detach() for t in call.inputs)
         target, args = expand_for_paths(target, additional_forward_args, 1)
         with ExitStack() as stack:
+            stack.enter_context(full_float32(explained[0].device))
             model = self._path_model(
                 call.is_inputs_tuple, explained, baseline_inputs, target, args, call.n, stack,
                 **options,

@@ -22,7 +22,14 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT, PathModel
+from captum_ig2._attribution import (
+    EPSREL,
+    GUIDED_IG_METHOD,
+    IG2_METHOD,
+    LIMIT,
+    N_WALKS,
+    PathModel,
+)
 from captum_ig2._common import Rows, slice_args, take
 from captum_ig2._path import Capture, Forward, on_this_thread, target_output
 from captum_ig2.guided_ig import GuidedIG
@@ -282,6 +289,8 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         epsabs: float = 0.0,
         limit: int = LIMIT,
         show_progress: bool = False,
+        n_walks: int = N_WALKS,
+        walk: str = "adaptive",
     ) -> tuple[LayerAttributions, Tensor]: ...
 
     @typing.overload
@@ -304,6 +313,8 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         epsabs: float = 0.0,
         limit: int = LIMIT,
         show_progress: bool = False,
+        n_walks: int = N_WALKS,
+        walk: str = "adaptive",
     ) -> LayerAttributions: ...
 
     @log_usage()
@@ -326,6 +337,8 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         epsabs: float = 0.0,
         limit: int = LIMIT,
         show_progress: bool = False,
+        n_walks: int = N_WALKS,
+        walk: str = "adaptive",
     ) -> LayerAttributions | tuple[LayerAttributions, Tensor]:
         r"""
         Attributes the explained output to the layer's activations along the GradPath.
@@ -350,7 +363,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         result = self._compute(
             inputs, baselines, target, additional_forward_args, n_steps, method,
             internal_batch_size, step_size, clamp, nodes, epsrel, epsabs, limit, show_progress,
-            record=False,
+            record=False, n_walks=n_walks, walk=walk,
             attribute_to_layer_input=attribute_to_layer_input, grad_kwargs=grad_kwargs,
         )  # fmt: skip
         if return_convergence_delta:

@@ -21,7 +21,14 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT, PathModel
+from captum_ig2._attribution import (
+    EPSREL,
+    GUIDED_IG_METHOD,
+    IG2_METHOD,
+    LIMIT,
+    N_WALKS,
+    PathModel,
+)
 from captum_ig2._common import Rows
 from captum_ig2._path import Capture, Explain, model_forward, scalar_per_example
 from captum_ig2.guided_ig import GuidedIG
@@ -209,6 +216,8 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         epsabs: float = 0.0,
         limit: int = LIMIT,
         show_progress: bool = False,
+        n_walks: int = N_WALKS,
+        walk: str = "adaptive",
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
     @typing.overload
@@ -230,6 +239,8 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         epsabs: float = 0.0,
         limit: int = LIMIT,
         show_progress: bool = False,
+        n_walks: int = N_WALKS,
+        walk: str = "adaptive",
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
     @log_usage()
@@ -251,6 +262,8 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         epsabs: float = 0.0,
         limit: int = LIMIT,
         show_progress: bool = False,
+        n_walks: int = N_WALKS,
+        walk: str = "adaptive",
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""
         Attributes the selected neuron to the inputs along the GradPath.
@@ -270,7 +283,7 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         result = self._compute(
             inputs, baselines, None, additional_forward_args, n_steps, method,
             internal_batch_size, step_size, clamp, nodes, epsrel, epsabs, limit, show_progress,
-            record=False,
+            record=False, n_walks=n_walks, walk=walk,
             neuron_selector=neuron_selector, attribute_to_neuron_input=attribute_to_neuron_input,
         )  # fmt: skip
         if return_convergence_delta:

@@ -215,7 +215,7 @@ def _figure(
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size * n_cols, size * n_rows + extra_height), layout="constrained")
-    fig.get_layout_engine().set(h_pad=0.06)  # room between a suptitle and the panels' titles
+    fig.get_layout_engine().set(h_pad=0.1)  # room between a suptitle and the panels' titles
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
     return fig, axes
 
@@ -342,28 +342,37 @@ def visualize_path_outputs(
     labels: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Any:
-    """The explained output f along the path of one example, one curve per reference, with the
-    completeness gap: sum of the attributions against the change of f along the path.
+    """The explained output f along the path of one example, one curve per path (IG2: the
+    walks of a reference share its colour), with the completeness gap: sum of the attributions
+    against the change of f along the path.
 
     Args:
         path: an :class:`~captum_ig2.AttributionPath`.
         example: which input to show.
-        labels: a label per reference (curve); default "reference r".
+        labels: a label per reference; default "reference r".
         title: the figure's title.
 
     Returns:
         matplotlib ``Figure``.
     """
-    outputs = path.outputs[:, example].detach().cpu().double().numpy()  # (T + 1, R)
+    outputs = path.outputs[:, example].detach().cpu().double().numpy()  # (T + 1, R W)
+    walks = path.walks
+    n_references = outputs.shape[1] // walks
     attributions = path.attributions
     parts = attributions if isinstance(attributions, tuple) else (attributions,)
     total = sum(float(a[example].detach().double().sum().cpu()) for a in parts)
     delta = float(path.delta[example].detach().cpu())
     fig, axes = _figure(1, 1, size=4.0)
     ax = axes[0, 0]
-    for r in range(outputs.shape[1]):
+    for r in range(n_references):
         label = labels[r] if labels is not None else f"reference {r}"
-        ax.plot(outputs[:, r], label=label if outputs.shape[1] > 1 else None)
+        colour = f"C{r % 10}"
+        for w in range(walks):
+            ax.plot(
+                outputs[:, r * walks + w], color=colour, lw=1.5 if walks == 1 else 0.8,
+                alpha=1.0 if walks == 1 else 0.6,
+                label=label if n_references > 1 and w == 0 else None,
+            )  # fmt: skip
     at_input = outputs[path.input_index].mean()
     at_other_end = outputs[-1 - path.input_index].mean()
     ax.axhline(at_input, color="gray", lw=0.8, ls=":")
@@ -376,7 +385,7 @@ def visualize_path_outputs(
         f"sum of attributions = {total:+.4f}, |delta| = {abs(delta):.2e}",
         fontsize=9,
     )
-    if 1 < outputs.shape[1] <= 8:
+    if 1 < n_references <= 8:
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)

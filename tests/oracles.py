@@ -26,33 +26,55 @@ def ig2_reference(
     step_size: float,
     clamp: tuple[float, float],
     representation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    adaptive: bool = False,
+    n_walks: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """IG2 of one explicand ``x`` (F) against ``references`` (R, *F); returns (attr, GradCFs)."""
+    """IG2 of one explicand ``x`` (F) against ``references`` (R, *F); returns (attr, GradCFs),
+    the GradCFs of shape (R * n_walks, *F), walk w of reference r in row r * n_walks + w.
+
+    ``adaptive``: the step halves after a reversal (consecutive unit directions with a negative
+    inner product) and otherwise grows by 1.5, up to ``step_size``. ``n_walks``: every walk
+    starts at x; walk w >= 1 takes its first direction at x + 2e-6 * rms(x - reference) *
+    (standard normal noise seeded with w), clipped."""
     rep = representation if representation is not None else model
     attributions = []
     ends = []
     for ref in references:
         with torch.no_grad():
             ref_rep = rep(ref.unsqueeze(0))
-        # 1. GradPath search: fixed-length steps down the representation distance, clipped.
-        path = [x.clone()]
-        point = x.clone()
-        for _ in range(n_steps):
-            point = point.detach().requires_grad_(True)
-            distance = ((rep(point.unsqueeze(0)) - ref_rep) ** 2).mean()
-            (grad,) = torch.autograd.grad(distance, point)
-            norm = grad.norm()
-            move = grad / norm if norm > 0 else torch.zeros_like(grad)
-            point = torch.clamp(point.detach() - step_size * move, clamp[0], clamp[1])
-            path.append(point)
-        # 2. Integrate the output's gradient along the path: sum (x_k - x_k+1) * grad f(x_k).
-        attribution = torch.zeros_like(x)
-        for before, after in itertools.pairwise(path):
-            before = before.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(model(before.unsqueeze(0))[0, target], before)
-            attribution += (before.detach() - after) * grad
-        attributions.append(attribution)
-        ends.append(path[-1])
+        for w in range(n_walks):
+            probe = x.clone()  # where the first direction is taken
+            if w > 0:
+                rms = (x - ref).norm() / x.numel() ** 0.5
+                noise = torch.randn(
+                    x.shape, generator=torch.Generator().manual_seed(w), dtype=torch.float64
+                )
+                probe = torch.clamp(x + 2e-6 * rms * noise.to(x.dtype), clamp[0], clamp[1])
+            # 1. GradPath search: steps down the representation distance, clipped.
+            path = [x.clone()]
+            point = x.clone()
+            length, previous = step_size, None
+            for k in range(n_steps):
+                at = probe if k == 0 else point.detach()
+                at = at.detach().requires_grad_(True)
+                distance = ((rep(at.unsqueeze(0)) - ref_rep) ** 2).mean()
+                (grad,) = torch.autograd.grad(distance, at)
+                norm = grad.norm()
+                move = grad / norm if norm > 0 else torch.zeros_like(grad)
+                if adaptive and previous is not None:
+                    reversed_ = float((move * previous).sum()) < 0
+                    length = length / 2 if reversed_ else min(length * 1.5, step_size)
+                previous = move
+                point = torch.clamp(point.detach() - length * move, clamp[0], clamp[1])
+                path.append(point)
+            # 2. Integrate the output's gradient along the path: sum (x_k - x_k+1) grad f(x_k).
+            attribution = torch.zeros_like(x)
+            for before, after in itertools.pairwise(path):
+                before = before.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(model(before.unsqueeze(0))[0, target], before)
+                attribution += (before.detach() - after) * grad
+            attributions.append(attribution)
+            ends.append(path[-1])
     return torch.stack(attributions).mean(dim=0), torch.stack(ends)
 
 

@@ -83,11 +83,13 @@ def test_shards_hold_what_direct_attribute_calls_return(tmp_path, make, baseline
 
 
 @pytest.mark.filterwarnings("ignore::captum_ig2.ConvergenceWarning")  # the direct calls warn
+@pytest.mark.filterwarnings("ignore::captum_ig2.StabilityWarning")
 def test_completeness_columns_match_the_path_record(tmp_path):
     summary = explain_dataset(
         IterativeGradientIG(model()), _loader(), tmp_path, baselines=references(),
         attribute_kwargs=PAPER, show_progress=False,
-        save=["attributions", "delta", "relative_error", "converged", "evaluations", "gradcf"],
+        save=["attributions", "delta", "relative_error", "converged", "evaluations", "gradcf",
+              "stability"],
     )  # fmt: skip
     results = load_results(tmp_path)
     x, y = CountingDataset().x, CountingDataset().y
@@ -103,16 +105,20 @@ def test_completeness_columns_match_the_path_record(tmp_path):
         ("converged", lambda r: r.converged),
         ("evaluations", lambda r: r.evaluations),
         ("gradcf", lambda r: r.end),
+        ("stability", lambda r: r.stability),
     ]:
         expected = torch.cat([of(r) for r in records]).numpy()
         np.testing.assert_allclose(results[name], expected, rtol=1e-6, err_msg=name)
-    assert results["gradcf"].shape == (N_EXAMPLES, 2, x.shape[1])
+    paths = 2 * 8  # 2 references, 8 walks each
+    assert results["gradcf"].shape == (N_EXAMPLES, paths, x.shape[1])
+    assert summary.stable == (results["stability"] >= 0.9).sum()
     # An independent check of relative_error: abs(delta) / abs(f(input) - mean f(GradCF)).
     net = model()
     with torch.no_grad():
         f_x = net(x).gather(1, y[:, None])[:, 0]
-        f_end = net(torch.as_tensor(results["gradcf"]).flatten(0, 1)).reshape(N_EXAMPLES, 2, -1)
-        f_end = f_end.gather(2, y[:, None, None].expand(-1, 2, 1))[..., 0].mean(1)
+        f_end = net(torch.as_tensor(results["gradcf"]).flatten(0, 1))
+        f_end = f_end.reshape(N_EXAMPLES, paths, -1)
+        f_end = f_end.gather(2, y[:, None, None].expand(-1, paths, 1))[..., 0].mean(1)
     gap = (f_x - f_end).numpy()
     np.testing.assert_allclose(
         results["relative_error"], np.abs(results["delta"]) / np.abs(gap), rtol=1e-4

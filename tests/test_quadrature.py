@@ -215,8 +215,10 @@ def test_idgi_is_complete_by_construction(name: str, nodes: int) -> None:
     x = torch.rand(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     path = run(name, model, x, method="idgi", nodes=nodes)
     torch.testing.assert_close(path.delta, torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
-    # The gradient at the start of each of the 5 segments, and nodes - 1 more on each.
-    assert path.evaluations.tolist() == [path.points.shape[2] * 5 * nodes] * 3
+    # The gradient at the start of each of the 5 segments, and nodes - 1 more on each; IG2's
+    # walks take their first direction a rounding-size away from the start: one more each.
+    r = path.points.shape[2]
+    assert path.evaluations.tolist() == [r * 5 * nodes + (r if name == "ig2" else 0)] * 3
 
 
 def test_idgi_equals_the_papers_definition_on_the_straight_line(cnn: SmallCNN) -> None:
@@ -245,17 +247,35 @@ def test_idgi_equals_the_papers_definition_on_the_straight_line(cnn: SmallCNN) -
 @pytest.mark.filterwarnings("ignore::captum_ig2.ConvergenceWarning")
 def test_refined_paths_do_not_depend_on_batch_or_chunking(name: str, rule: dict) -> None:  # type: ignore[type-arg]
     # On the deep ReLU net the refinement differs from path to path; every path must still be
-    # integrated as if it were alone, whatever the chunks its nodes are evaluated in.
+    # integrated as if it were alone, whatever the chunks its nodes are evaluated in. A batch of
+    # rows and a row alone go through different matrix-product kernels, whose sums differ in
+    # the last bit (on an AVX-512 CPU, about 1e-17 here; on another CPU they may not differ at
+    # all), and where a residual sits at its threshold that bit decides whether a piece is
+    # bisected. So what is promised is the accuracy, not the count: the attributions agree to
+    # the tolerance and the counts to a few percent; without refinement (IDGI) they are equal.
     # (Some of these paths have a tiny output gap and miss the relative tolerance, and say so;
     # this test is about invariance only.)
     model = deep_relu_net()
     x = torch.rand(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     batch = run(name, model, x, **rule)
-    assert (batch.evaluations > batch.evaluations.min()).any() or rule.get("method") == "idgi"
+    refined = rule.get("method") != "idgi"
+    assert (batch.evaluations > batch.evaluations.min()).any() or not refined
+    epsrel = rule.get("epsrel", 0.02)
+
+    def agree(a: torch.Tensor, b: torch.Tensor, count_a: torch.Tensor, count_b: torch.Tensor):  # type: ignore[no-untyped-def]
+        if not refined:
+            torch.testing.assert_close(a, b)
+            torch.testing.assert_close(count_a, count_b)
+            return
+        relative = (a - b).norm(dim=-1) / b.norm(dim=-1)
+        assert (relative <= epsrel).all(), relative
+        assert ((count_a - count_b).abs() <= 0.05 * count_b).all(), (count_a, count_b)
+
     chunked = run(name, model, x, internal_batch_size=2, **rule)
-    torch.testing.assert_close(chunked.attributions, batch.attributions)
-    torch.testing.assert_close(chunked.evaluations, batch.evaluations)
+    agree(chunked.attributions, batch.attributions, chunked.evaluations, batch.evaluations)
     for i in range(3):
         alone = run(name, model, x[i : i + 1], **rule)
-        torch.testing.assert_close(alone.attributions[0], batch.attributions[i])
-        torch.testing.assert_close(alone.evaluations[0], batch.evaluations[i])
+        agree(alone.attributions, batch.attributions[i : i + 1], alone.evaluations,
+              batch.evaluations[i : i + 1])  # fmt: skip
+
+

@@ -355,7 +355,8 @@ def test_ig2_local_attribution_is_the_mean_gradient_along_the_gradpath() -> None
     local = IterativeGradientIG(net, multiply_by_inputs=False).attribute(x, refs, **kw)
     points = path.points[:-1].reshape(-1, 6).requires_grad_()
     (grads,) = torch.autograd.grad(net(points)[:, 0].sum(), points)
-    expected = grads.reshape(6, 2, 3, 6).mean(dim=(0, 2))  # over steps and references
+    # over steps and the 8 walks of each of the 3 references
+    expected = grads.reshape(6, 2, 24, 6).mean(dim=(0, 2))
     torch.testing.assert_close(local, expected)
     # Its product with the whole path's displacement is the global attribution's sum.
     glob = IterativeGradientIG(net).attribute(x, refs, **kw)
@@ -470,7 +471,7 @@ def test_a_bad_reference_shape_names_each_accepted_form_once() -> None:
 def test_a_target_beyond_the_output_is_a_value_error_naming_target(cls, target) -> None:  # type: ignore[no-untyped-def]
     net = mlp()
     explainer = cls(net) if cls in INPUT_CLASSES else cls(net, net[1])
-    with pytest.raises(ValueError, match=r"`target`.*\(2, 3\)") as raised:
+    with pytest.raises(ValueError, match=r"`target`.*\(3,\) per example") as raised:
         explainer.attribute(torch.rand(2, 6).double(), target=target, n_steps=3)
     assert ".." not in str(raised.value)
 

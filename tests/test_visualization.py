@@ -45,7 +45,8 @@ def test_path_strip_shows_evenly_spaced_frames_from_start_to_end(ig2_path) -> No
 def test_output_curve_states_the_completeness_gap(ig2_path, cnn: SmallCNN) -> None:  # type: ignore[no-untyped-def]
     fig = visualization.visualize_path_outputs(ig2_path, example=0)
     (ax,) = fig.axes
-    assert len(ax.lines) == 3 + 2  # one curve per reference, two reference lines
+    assert len(ax.lines) == 3 * 8 + 2  # one curve per walk, two reference lines
+    assert len(ax.get_legend().get_texts()) == 3  # one entry per reference
     with torch.no_grad():
         f_input = cnn(ig2_path.start[0, :1])[0, 1].item()
         f_end = cnn(ig2_path.end[0])[:, 1].mean().item()
