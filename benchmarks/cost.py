@@ -17,8 +17,10 @@ its predicted class.
 - **Guided IG**: black baseline, the paper's 200 steps, the package's default rule (trapezoid,
   3 nodes) refined to each ``--tolerances`` epsrel.
 - **IG2 (R refs)**: the first R whole photos of other predicted classes (``common.photos``),
-  representation ``model.representation_layer`` (``_conv_head``), clamp (0, 1), 50 steps, the
-  package's default rule (Gauss-Legendre, 5 nodes) refined to each epsrel.
+  representation ``model.representation_layer`` (``_conv_head``), clamp (0, 1), 50 steps of the
+  paper's walk, one per reference (``walk="fixed", n_walks=1``; the default averages 8
+  adaptive walks, whose cost ``benchmarks/stability.py`` states), the package's default rule
+  (Gauss-Legendre, 5 nodes) refined to each epsrel.
 - **papers' estimator** of each path method: ``method="riemann_left", nodes=1, epsrel=None``,
   one gradient per step (not for IG2 with more than one reference).
 
@@ -127,9 +129,12 @@ def make_methods(
     def run_ig2(r: int) -> Callable[[int, dict[str, Any]], tuple[float, float, float]]:
         def run(i: int, kw: dict[str, Any]) -> tuple[float, float, float]:
             kw = {"n_steps": ig2_steps, **kw}
+            # The paper's walk: the cost of integrating one GradPath per reference (the
+            # default averages 8 adaptive walks; benchmarks/stability.py states its cost).
             path = ig2.path(
                 photos.x[i : i + 1], refs[i : i + 1, :r], target=int(photos.target[i]),
-                clamp=(0.0, 1.0), internal_batch_size=args.batch, **kw,
+                clamp=(0.0, 1.0), internal_batch_size=args.batch, walk="fixed", n_walks=1,
+                **kw,
             )  # fmt: skip
             return path.relative_error.item(), path.evaluations.item(), r * kw["n_steps"]
 

@@ -18,8 +18,9 @@ a) **Throughput against the number of processes.** ``explain_dataset`` over the 
    square crops of the six photos at 64 px and their mirror images (84 examples, batches of 6),
    the class the network predicts for each; ``IterativeGradientIG`` with one reference per
    input (the whole photo of another class, ``common.photos.other_photo_references``), the
-   papers' estimator with 8 steps (``method="riemann_left", nodes=1, epsrel=None``: one gradient
-   per step, no refinement, so every call costs the same). ``--smoke``: a small random CNN on
+   paper's procedure with 8 steps (one walk of equal steps, ``walk="fixed", n_walks=1``, and
+   ``method="riemann_left", nodes=1, epsrel=None``: one gradient per step, no refinement, so
+   every call costs the same). ``--smoke``: a small random CNN on
    48 random 3 x 8 x 8 inputs, 4 steps, one repeat, ``--cores 1`` unless given (see below).
 
 b) **Memory of a long run.** One process runs ``explain_dataset`` over ``--long-batches``
@@ -389,7 +390,8 @@ def measure_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "threads": args.cores,
         "examples": args.long_batches * args.long_batch_size,
         "batch_size": args.long_batch_size,
-        "attribute_kwargs": {"n_steps": 8, "method": "riemann_left", "nodes": 1, "epsrel": None},
+        "attribute_kwargs": {"n_steps": 8, "method": "riemann_left", "nodes": 1, "epsrel": None,
+                             "walk": "fixed", "n_walks": 1},  # fmt: skip
         "save": ["attributions", "delta", "relative_error", "converged", "gradcf"],
         "out_dir": str(work / "out-memory"),
     }
@@ -497,7 +499,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     seed_everything(0)
     watch = Stopwatch()
-    kwargs = {"n_steps": args.steps, "method": "riemann_left", "nodes": 1, "epsrel": None}
+    kwargs = {"n_steps": args.steps, "method": "riemann_left", "nodes": 1, "epsrel": None,
+              "walk": "fixed", "n_walks": 1}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="dataset-throughput-") as tmp:
         work = Path(tmp)
         with watch.stage("data"):

@@ -46,7 +46,8 @@ The full run's sizes (six crops, one per photo, at 128 px; the step counts above
 are what fits about 20 minutes on the shared 2-core CI machine: 7 networks x 4 methods. Estimators:
 ``--estimator paper`` (the full run's, for the same reason) takes the papers' own sums for the two
 path methods, one left-rule gradient per step without refinement (``method="riemann_left", nodes=1,
-epsrel=None``); ``--estimator default`` takes the package's converged defaults (each segment refined
+epsrel=None``), and IG2's own walk of equal steps (``walk="fixed", n_walks=1``);
+``--estimator default`` takes the package's converged defaults (each segment refined
 to a 2 % completeness tolerance), 3-15 times the gradients. Every stage records each method's
 completeness error |delta| / |gap| per image and any ``ConvergenceWarning``.
 
@@ -230,9 +231,11 @@ def attribute_all(
 
     def ig2() -> tuple[Tensor, Tensor]:
         explainer = IterativeGradientIG(model, representation_layer=model.representation_layer)
+        # The paper's IG2 with its estimator: one walk of equal steps.
+        walks = dict(walk="fixed", n_walks=1) if config.estimator == "paper" else {}
         path = explainer.path(
             x, references, target=target, n_steps=config.ig2_steps, clamp=(0.0, 1.0),
-            internal_batch_size=64, **kwargs,
+            internal_batch_size=64, **kwargs, **walks,
         )  # fmt: skip
         return path.attributions, path.relative_error
 

@@ -243,7 +243,8 @@ def runner(name: str, model: nn.Module, n: int, r: int, steps: int, size: int,
         # (1, R, ...): one shared set, also when R happens to equal N.
         ref_set = refs.unsqueeze(0) if refs is not None else None
         return lambda: ig2.attribute(x, ref_set, target=0, n_steps=steps, clamp=(0, 1),
-                                     method="riemann_left", nodes=1, epsrel=None)  # fmt: skip
+                                     method="riemann_left", nodes=1, epsrel=None,
+                                     walk="fixed", n_walks=1)  # fmt: skip
     if name == "guided_ig":
         gig = GuidedIG(model)
         return lambda: gig.attribute(

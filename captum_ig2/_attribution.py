@@ -20,6 +20,7 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from captum_ig2._common import (
+    check_eval_mode,
     check_inputs,
     check_integration,
     check_internal_batch_size,
@@ -252,6 +253,7 @@ class PathAttribution(GradientAttribution):
             )
         formatted = tuple(ordinary(t) for t in _format_tensor_into_tuples(inputs))
         n = check_inputs(formatted, floating=self._floating_inputs)
+        check_eval_mode(self.forward_func)
         n_steps = check_n_steps(n_steps)
         integration = check_integration(method, nodes, epsrel, epsabs, limit)
         if not self.multiplies_by_inputs:
@@ -541,7 +543,7 @@ def _warn_not_converged(
         f"refined further, or `nodes` (now {integration.nodes}), or loosen `epsrel`; "
         "`path(...)` reports the error and the gradient evaluations of every example.",
         ConvergenceWarning,
-        stacklevel=_caller_stacklevel(),
+        stacklevel=caller_stacklevel(),
     )
 
 
@@ -556,14 +558,14 @@ def _warn_unstable(name: str, stability: Tensor, unstable: Tensor, walks: int) -
         "that differs between walks falls as 1 / n_walks); `path(...).stability` reports "
         "every example.",
         StabilityWarning,
-        stacklevel=_caller_stacklevel(),
+        stacklevel=caller_stacklevel(),
     )
 
 
 _INTERNAL = (os.path.dirname(__file__), os.path.dirname(captum.__file__))
 
 
-def _caller_stacklevel() -> int:
+def caller_stacklevel() -> int:
     """The stack level of the first frame outside this package and Captum (the user's call),
     seen from the caller of this function's caller."""
     frame = sys._getframe(2)

@@ -18,7 +18,7 @@ from captum._utils.common import (
     _expand_target,
     _format_additional_forward_args,
 )
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_ig2._quadrature import DEFAULT_NODES, METHODS, Integration
 
@@ -57,6 +57,36 @@ def ordinary(value: Any) -> Any:
     if isinstance(value, Tensor) and value.is_inference():
         return value.clone()
     return value
+
+
+def check_eval_mode(forward_func: Any) -> None:
+    """Raises where the model (``forward_func`` itself or the module of a bound method) has a
+    dropout or batch-norm module in training mode: its output is then random, or depends on
+    the other points of the batch, and no path integral of it can converge."""
+    module = forward_func if isinstance(forward_func, nn.Module) else None
+    if module is None and isinstance(getattr(forward_func, "__self__", None), nn.Module):
+        module = forward_func.__self__
+    if module is None:
+        return  # a plain function: the engine's repeated evaluation checks it
+    training = sorted(
+        {
+            f"`{name or type(module).__name__}` ({type(m).__name__})"
+            for name, m in module.named_modules()
+            if m.training
+            and (
+                isinstance(m, nn.modules.batchnorm._BatchNorm)
+                or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+            )
+        }
+    )
+    if training:
+        shown = ", ".join(training[:3]) + (f" and {len(training) - 3} more" if len(training) > 3
+                                            else "")  # fmt: skip
+        raise ValueError(
+            f"The model is in training mode: {shown} would make its output random (dropout) "
+            "or dependent on the other points of the batch (batch norm), so that no path "
+            "integral of it converges. Call `model.eval()` before attributing."
+        )
 
 
 def check_n_steps(n_steps: Any) -> int:
@@ -179,6 +209,17 @@ def _baseline_for(inp: Tensor, baseline: Any, i: int) -> tuple[Tensor, bool]:
     )
 
 
+def _reading(baseline: Tensor, inp: Tensor, is_set: bool) -> str:
+    """How a reference tensor was read, in words, for error messages."""
+    if not is_set:
+        return "one reference per input"
+    if baseline.dim() == inp.dim():
+        return f"a set of {baseline.shape[0]} references shared by every input"
+    if baseline.shape[0] == 1:
+        return f"one set of {baseline.shape[1]} references for all inputs"
+    return f"a set of {baseline.shape[1]} references per input"
+
+
 def format_references(
     inputs: tuple[Tensor, ...], baselines: Any, *, allow_sets: bool
 ) -> tuple[tuple[Tensor, ...], int]:
@@ -204,13 +245,23 @@ def format_references(
         shapes = [tuple(b.shape) for b in baselines if isinstance(b, Tensor)]
         raise ValueError(
             f"`baselines` must have the shape of the inputs or a first dimension of 1 (got "
-            f"shapes {shapes} for inputs of {n} examples); this method takes no reference sets."
+            f"shapes {shapes} for inputs of {n} examples): a first dimension of neither 1 nor "
+            f"{n} is read as a set of references shared by every input (IG2's form), and this "
+            "method takes no reference sets."
         )
     counts = {ref.shape[1] for ref, _ in formatted}
     counts.discard(1)
     if len(counts) > 1:
+        readings = "; ".join(
+            f"baselines[{i}] {tuple(b.shape)}: " + _reading(b, inp, is_set)
+            for i, (b, inp, (_, is_set)) in enumerate(zip(baselines, inputs, formatted))
+            if isinstance(b, Tensor)
+        )
         raise ValueError(
-            f"All tensors of `baselines` must hold the same number of references, got {counts}."
+            f"All tensors of `baselines` must hold the same number of references, got "
+            f"{sorted(counts)}, read as: {readings}. A first dimension of 1 or N = {n} gives "
+            "one reference per input (Captum's forms), any other R a set of R references "
+            "shared by every input."
         )
     if any(ref.shape[1] == 0 for ref, _ in formatted):
         raise ValueError(

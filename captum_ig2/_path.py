@@ -209,10 +209,20 @@ def model_forward(
     return forward
 
 
+_NOT_A_TENSOR = (
+    "The forward function must return a tensor (the outputs, one row per example, that "
+    "`target` selects from), got a {kind}. Wrap the model so that it returns one: e.g. "
+    "`lambda *x: model(*x).logits` or `lambda *x: model(*x)['logits']` for a Hugging Face "
+    "model, `lambda *x: model(*x)[0]` for a model that returns a tuple."
+)
+
+
 def target_output(target: Any) -> Explain:
     """Selects each path's ``target`` from the model output, as Captum's ``_select_targets``."""
 
     def explain(output: Any, rows: Rows) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise TypeError(_NOT_A_TENSOR.format(kind=type(output).__name__))
         try:
             selected = _select_targets(output, slice_target(target, rows))
         except (IndexError, AssertionError, RuntimeError) as error:  # only the output is indexed
@@ -382,6 +392,23 @@ class PathFunction:
         return value.detach(), out_g, dist_g
 
 
+def check_repeatable(first: Tensor, second: Tensor) -> None:
+    """Raises where two evaluations of the same points differ by more than rounding (relative
+    1e-3): a model with dropout in training mode, or another source of randomness, whose path
+    integral cannot converge."""
+    scale = torch.maximum(first.abs(), second.abs())
+    differ = (first - second).abs() > 1e-3 * scale + 1e-6 * float(scale.max().clamp(min=1e-30))
+    differ = differ & torch.isfinite(first) & torch.isfinite(second)
+    if bool(differ.any()):
+        p = int(torch.nonzero(differ)[0])
+        raise ValueError(
+            "The model's output at the same point differs between two evaluations "
+            f"({float(first[p]):.6g} and {float(second[p]):.6g}, path {p}): it is random, e.g. "
+            "with dropout in training mode, so that no path integral of it converges. Call "
+            "`model.eval()`, or make the forward function deterministic."
+        )
+
+
 def scalar_per_example(selected: Tensor) -> Tensor:
     if selected.dim() == 0:
         selected = selected.reshape(1)
@@ -492,11 +519,16 @@ def integrate_path(
     """
     x = tuple(t.detach() for t in start)
     n_paths = x[0].shape[0]
+    # f where the paths head for sets the scale of the relative tolerance; evaluated twice, it
+    # also tells a random model (dropout in training mode) before any path is walked.
+    heading = tuple(t.detach() for t in heading)
     heading_output = None
-    if integration.refines:
-        heading_output, _, _ = _evaluate_chunked(
-            function, tuple(t.detach() for t in heading), internal_batch_size, True, False, False
-        )
+    for _ in range(2):
+        value, _, _ = _evaluate_chunked(function, heading, internal_batch_size, True, False, False)
+        assert value is not None
+        if heading_output is not None:
+            check_repeatable(heading_output, value)
+        heading_output = value
     quadrature = None
     node_evaluate = _node_evaluator(function)
     node_observer = None
@@ -540,6 +572,10 @@ def integrate_path(
             if k == 0:
                 first_nonfinite = torch.full_like(value, -1, dtype=torch.long)
                 residual = torch.zeros_like(value)
+                again, _, _ = _evaluate_chunked(
+                    function, x, internal_batch_size, True, False, False
+                )
+                check_repeatable(value, again)
             newly = ~torch.isfinite(value) & (first_nonfinite < 0)
             first_nonfinite = torch.where(newly, k, first_nonfinite)
             point = Point(x, value, grad)
@@ -549,8 +585,9 @@ def integrate_path(
             if k == 0:
                 start_output = value
                 quadrature = integration.quadrature(
-                    value, heading_output, n_steps, internal_batch_size
-                )
+                    value, heading_output if integration.refines else None, n_steps,
+                    internal_batch_size,
+                )  # fmt: skip
             else:
                 assert previous is not None and quadrature is not None
                 segment = quadrature.integrate(previous, point, node_evaluate, node_observer)

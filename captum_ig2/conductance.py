@@ -22,7 +22,11 @@ from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
-from captum._utils.common import _format_output, _format_tensor_into_tuples
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+)
 from captum.attr import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor
@@ -261,7 +265,12 @@ class LayerPathConductance(LayerAttribution):
         )
         n = formatted[0].shape[0]
         total = observer.total
-        assert total is not None  # every path has at least one segment, with nodes
+        if total is None:  # no examples: no path, no node; the layer's shape, with 0 rows
+            total = self._empty_layer(formatted, additional_forward_args, attribute_to_layer_input)
+            observer.layer_is_tuple = len(total) > 1
+            if not return_convergence_delta:
+                return _format_output(observer.layer_is_tuple, total)
+            return _format_output(observer.layer_is_tuple, total), total[0].new_zeros(0)
         r = total[0].shape[0] // n
         # IG2 attributes f(input) - f(GradCF): the path runs backwards, averaged over R.
         sign = -1.0 if isinstance(self.path_method, IterativeGradientIG) else 1.0
@@ -274,6 +283,27 @@ class LayerPathConductance(LayerAttribution):
             attributions = tuple(a * m for a, m in zip(attributions, masks))
         delta = per_example_sum(conductance) - per_example_sum(attributions)
         return formatted_conductance, delta
+
+    def _empty_layer(
+        self, inputs: tuple[Tensor, ...], additional_forward_args: Any, use_input: bool
+    ) -> tuple[Tensor, ...]:
+        """Empty conductance, (0, *layer shape), from one forward pass on the empty batch."""
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        capture = Capture(self.layer, use_input, flat=False)
+        try:
+            with torch.no_grad():
+                self.path_method.forward_func(*inputs, *args)
+            value = capture.take()
+        except Exception as error:
+            raise ValueError(
+                "`inputs` hold no examples, and the model does not run on an empty batch, so "
+                f"the shape of `layer`'s (empty) conductance is unknown: {error}"
+            ) from error
+        finally:
+            capture.remove()
+        if value is None:
+            raise ValueError(f"`layer` {self.layer} was not called during the forward pass.")
+        return tuple(torch.zeros_like(v) for v in value)
 
     def _path_arguments(self, path_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The path method's ``attribute`` defaults, updated with the caller's arguments."""

@@ -247,8 +247,10 @@ def explain_dataset(
         for index, example_index, item in _own_batches(batches, rank, world_size, folder):
             if item is None:
                 summary.resumed += 1
-                if bar is not None:
-                    bar.update(1)
+                if bar is not None:  # not counted as work done: the rate is of this call's work
+                    if bar.total is not None:
+                        bar.total -= 1
+                    bar.set_postfix_str(f"resumed {summary.resumed}")
                 continue
             # A batch of the wrong form is the caller's mistake, the same for every batch:
             # raised at once, not recorded.
@@ -299,6 +301,8 @@ def explain_dataset(
                 bar.update(1)
                 elapsed = time.perf_counter() - started
                 postfix = f"{summary.examples / max(elapsed, 1e-9):.3g} ex/s"
+                if summary.resumed:
+                    postfix += f", resumed {summary.resumed}"
                 if summary.converged is not None and summary.examples:
                     postfix += f", converged {summary.converged / summary.examples:.1%}"
                 if summary.failed_batches:

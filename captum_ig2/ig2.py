@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import typing
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from captum_ig2._attribution import (
     N_WALKS,
     AttributionPath,
     PathAttribution,
+    caller_stacklevel,
     document_quadrature,
     empty_result,
     finish,
@@ -187,6 +189,11 @@ class IterativeGradientIG(PathAttribution):
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""
         Attributes the explained output to the inputs along the GradPath of every reference.
+
+        `baselines` are the references. As in Captum, a tensor of N (or 1) examples gives every
+        input one reference; **a tensor of any other number R of examples is read as a set of
+        R references shared by every input** (N x R paths, averaged), where Captum's IG would
+        raise: check R when you pass per-example baselines.
 
         `inputs`, `target`, `additional_forward_args`, `internal_batch_size` and
         `return_convergence_delta` are those of
@@ -358,6 +365,7 @@ class IterativeGradientIG(PathAttribution):
             )  # fmt: skip
             start, references = model.inputs, model.baselines
             clamp = format_clamp(clamp, start)
+            _warn_outside_clamp(start, clamp)
             if call.n == 0:
                 return empty_result(model, call, r * w, record, w)
             chunk = model.chunk_size(call.internal_batch_size)
@@ -392,6 +400,32 @@ class IterativeGradientIG(PathAttribution):
         # The engine integrates along the path, input -> GradCF; IG2 attributes f(input) -
         # f(GradCF), the reverse direction.
         return finish(self.get_name(), result, model, call, r * w, -1.0, record, 0, walks=w)
+
+
+def _warn_outside_clamp(start: tuple[Tensor, ...], clamp: Any) -> None:
+    """Warns where the paths start far outside ``clamp`` (by more than the clamp's width, far
+    beyond a noise sample's excursion in ``NoiseTunnel``): the first step would be clipped into
+    the bounds at once, a jump no gradient chose (e.g. images in 0..255, clamp (0, 1))."""
+    if clamp is None:
+        return
+    for i, (t, (low, high)) in enumerate(zip(start, clamp)):
+        if low is None or high is None or t.numel() == 0:
+            continue
+        width = high - low
+        far = ((low - t) > width) | ((t - high) > width)
+        if bool(far.any()):
+            low_text = f"{float(torch.as_tensor(low).min()):.4g}"
+            high_text = f"{float(torch.as_tensor(high).max()):.4g}"
+            warnings.warn(
+                f"IG2: `inputs[{i}]` (for a layer method: the layer's activations) lie in "
+                f"[{float(t.min()):.4g}, {float(t.max()):.4g}], far outside `clamp` "
+                f"({low_text}, {high_text}): the GradPath's first step would clip them into "
+                "the bounds, a jump that no gradient chose. Give inputs in the clamp's range "
+                "(e.g. images scaled to [0, 1]) or the clamp of the inputs' range (e.g. "
+                "clamp=(0, 255)).",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
 
 
 def _step_sizes(

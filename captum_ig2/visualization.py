@@ -454,10 +454,16 @@ def visualize_attributions(
     title: str | None = None,
     region: Tensor | None = None,
     outlier_perc: float = OUTLIER_PERC,
+    smooth: float = 0.0,
 ) -> Any:
     """Attribution maps of several methods for one image, side by side, each with its colour
     bar, in Captum's colours and scale (:func:`draw_attribution`); the figure states the
     convention below the maps.
+
+    A raw map of a real network looks like scattered pixels: its gradient changes from one pixel
+    to the next (shattered gradients), and so does the attribution. ``smooth`` draws each map
+    (channels summed) smoothed by a Gaussian, which shows the regions the map weighs, much as
+    SmoothGrad's averaging does; the caption says so.
 
     Args:
         attributions: method name -> attribution of one image, (C, H, W) (channels summed).
@@ -468,11 +474,15 @@ def visualize_attributions(
         region: a mask (1, H, W) or (H, W) whose outline is drawn on every panel (e.g. the
             region a conductance is computed for).
         outlier_perc: Captum's ``outlier_perc`` (see :func:`attribution_scale`).
+        smooth: the standard deviation, in pixels, of the Gaussian each map is smoothed with
+            for display; 0 draws the raw map.
 
     Returns:
         matplotlib ``Figure``.
     """
     _check_sign(sign)
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not smooth >= 0:
+        raise ValueError(f"`smooth` must be a number >= 0 (pixels), got {smooth!r}.")
     n = len(attributions) + (inputs is not None)
     fig, axes = _figure(1, n, size=2.2, extra_height=0.7 + 0.3 * bool(title))
     column = 0
@@ -481,6 +491,8 @@ def visualize_attributions(
         axes[0, 0].set_title("input", fontsize=9)
         column = 1
     for ax, (name, attribution) in zip(axes[0, column:], attributions.items()):
+        if smooth > 0:
+            attribution = torch.from_numpy(_gaussian_smooth(_map2d(attribution), smooth))
         draw_attribution(ax, attribution, sign=sign, outlier_perc=outlier_perc, title=name)
     if region is not None:
         for ax in axes[0]:
@@ -488,10 +500,27 @@ def visualize_attributions(
     if title:
         fig.suptitle(title, fontsize=10)
     caption = attribution_convention(sign, outlier_perc)
+    if smooth > 0:
+        caption += f"; each map smoothed by a Gaussian of {smooth:g} pixels for display"
     if region is not None:
         caption += "; black outline: the region"
     _caption(fig, caption)
     return fig
+
+
+def _gaussian_smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` (H, W) convolved with a Gaussian of ``sigma`` pixels, edges reflected."""
+    radius = max(1, round(3 * sigma))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
+        out = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), axis, padded)
+    return out
 
 
 def _per_token(attributions: Tensor) -> np.ndarray:

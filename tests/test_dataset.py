@@ -504,3 +504,24 @@ def test_other_class_references_are_the_farthest_images_of_another_class():
         assert torch.equal(chosen[i], pool[far])
     with pytest.raises(ValueError, match="fewer than 5"):  # 4 images are not of class 1
         OtherClassReferences(pool, pool_classes, per_input=5)(inputs, torch.tensor([1, 1, 1]))
+
+
+def test_a_resumed_run_counts_only_its_own_batches_in_the_progress_rate(tmp_path, monkeypatch):
+    import captum_ig2.dataset as dataset
+
+    bars = []
+    make = dataset._progress_bar
+
+    def keep(*args, **kwargs):  # type: ignore[no-untyped-def]
+        bars.append(make(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(dataset, "_progress_bar", keep)
+    first = list(_loader())[:3]  # a first call that does 3 of the batches
+    explain_dataset(IterativeGradientIG(model()), first, tmp_path, baselines=references(),
+                    attribute_kwargs=KWARGS, show_progress=True)  # fmt: skip
+    explain_dataset(IterativeGradientIG(model()), _loader(), tmp_path, baselines=references(),
+                    attribute_kwargs=KWARGS, show_progress=True)  # fmt: skip
+    resumed_bar = bars[-1]
+    # The bar's total and count are this call's work: its rate is not inflated by the 3 skipped.
+    assert resumed_bar.total == N_BATCHES - 3 and resumed_bar.n == N_BATCHES - 3

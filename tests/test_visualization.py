@@ -243,3 +243,19 @@ def test_cuda_tensors_are_drawn() -> None:
     x = torch.rand(1, 8, 8, device="cuda")
     fig = visualization.visualize_attributions({"m": x}, inputs=x)
     assert len(fig.axes) >= 2
+
+
+def test_a_smoothed_map_is_the_gaussian_smoothed_channel_sum_and_says_so(ig2_path) -> None:  # type: ignore[no-untyped-def]
+    attribution = torch.zeros(1, 16, 16)
+    attribution[0, 8, 8] = 1.0  # a single pixel spreads into a Gaussian, away from the edges
+    fig = visualization.visualize_attributions({"one pixel": attribution}, smooth=1.0)
+    drawn = np.asarray(fig.axes[0].images[0].get_array())
+    offsets = np.arange(-3, 4)
+    kernel = np.exp(-0.5 * offsets**2)
+    kernel /= kernel.sum()
+    expected = np.zeros((16, 16))
+    expected[5:12, 5:12] = np.outer(kernel, kernel)  # the kernel centred on (8, 8)
+    np.testing.assert_allclose(drawn, expected, atol=1e-12)
+    assert "smoothed by a Gaussian of 1 pixels" in _texts(fig)
+    with pytest.raises(ValueError, match="smooth"):
+        visualization.visualize_attributions({"m": attribution}, smooth=-1.0)
