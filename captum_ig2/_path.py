@@ -511,7 +511,8 @@ def integrate_path(
         integration: the quadrature rule, tolerance and budget (see ``_quadrature``).
         heading: where the paths head for (IG2: the references, Guided IG: the inputs): f there
             sets the scale of the relative tolerance before the path's end is known.
-        internal_batch_size: at most this many points go through the model at once.
+        internal_batch_size: at most this many points go through the model at once; None: the
+            P points of a step at once, and the quadrature's nodes in batches of at most P.
         record: keep every point and f along the path (memory grows with T).
         show_progress: show a progress bar over the path points.
         desc: the progress bar's label.
@@ -584,9 +585,12 @@ def integrate_path(
                 outputs.append(value)
             if k == 0:
                 start_output = value
+                # Without a bound of the caller's, quadrature nodes go through the model in
+                # batches of at most one path point per path, as many as a step evaluates, so
+                # that refinement needs no more memory than the walk itself.
                 quadrature = integration.quadrature(
                     value, heading_output if integration.refines else None, n_steps,
-                    internal_batch_size,
+                    internal_batch_size if internal_batch_size is not None else n_paths,
                 )  # fmt: skip
             else:
                 assert previous is not None and quadrature is not None

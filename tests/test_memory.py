@@ -49,3 +49,37 @@ def test_peak_memory_is_flat_in_n_steps(name: str) -> None:
     growth = [float(child.communicate(timeout=300)[0].split()[-1]) for child in (short, long)]
     assert long.returncode == 0 and short.returncode == 0
     assert growth[1] - growth[0] < 8.0, growth
+
+
+@pytest.mark.parametrize("name", ["ig2", "guided_ig"])
+def test_the_default_evaluates_no_more_points_at_once_than_the_papers_estimator(name) -> None:  # type: ignore[no-untyped-def]
+    # The model's activations, what a call's memory is made of, grow with the points of one
+    # model call. The papers' estimator evaluates one point per path at a time; the default's
+    # refinement (5 nodes x up to 8 pieces per segment) does not evaluate more at once.
+    import torch
+    from torch import nn
+
+    from captum_ig2 import GuidedIG, IterativeGradientIG
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                        nn.Linear(32, 2)).double().eval()  # fmt: skip
+    rows: list[int] = []
+
+    def counting(t: torch.Tensor) -> torch.Tensor:
+        rows.append(t.shape[0])
+        return net(t)
+
+    x, refs = torch.rand(4, 6, dtype=torch.float64), torch.rand(3, 6, dtype=torch.float64)
+    method = IterativeGradientIG(counting) if name == "ig2" else GuidedIG(counting)
+    baselines = refs if name == "ig2" else refs[:1]
+    method.attribute(x, baselines, target=0, n_steps=10, method="riemann_left", nodes=1,
+                     epsrel=None)  # fmt: skip
+    papers, papers_total = max(rows), sum(rows)
+    rows.clear()
+    method.attribute(x, baselines, target=0, n_steps=10)
+    assert sum(rows) > papers_total  # more points in all ...
+    assert max(rows) <= papers  # ... but never more at once
+    rows.clear()
+    method.attribute(x, baselines, target=0, n_steps=10, internal_batch_size=5)
+    assert max(rows) <= 5  # the caller's bound, as in Captum
