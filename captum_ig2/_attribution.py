@@ -147,11 +147,11 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
         walks: W, the walks of every reference (IG2's ``n_walks``; 1 for Guided IG).
         stability: per example, the predicted cosine between these attributions and those of
             the same call repeated with a rounding-sized change, shape (N,); None with one
-            walk. IG2 averages W walks that start a rounding-sized offset apart; on a real
-            network each walk is one draw of many, and the agreement of the two halves of the
-            walks, c = cos(mean of walks [0, W/2), mean of walks [W/2, W)), predicts the
-            agreement of two whole calls: 2c / (1 + c) for equal halves (the Spearman-Brown
-            formula; see :func:`predicted_stability`).
+            walk. IG2 averages W walks whose first directions are taken a rounding-sized offset
+            apart; on a real network each walk is one draw of many, and the agreement of the two
+            halves of the walks, c = cos(mean of walks [0, W/2), mean of walks [W/2, W)),
+            predicts the agreement of two whole calls: 2c / (1 + c) for equal halves (the
+            Spearman-Brown formula; see :func:`predicted_stability`).
     """
 
     points: TensorOrTupleOfTensorsGeneric
