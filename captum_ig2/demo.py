@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             x, references, target=target, n_steps=steps, clamp=(0.0, 1.0)
         ),
     }
-    gradcf = x
+    gradcf, walks = x, 1
     for name, run in paths.items():
         t = time.perf_counter()
         path = run()
@@ -138,11 +138,13 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = (path.attributions, path.delta)
         report[name] = (path.relative_error, path.evaluations.double().mean().item(), seconds)
         if name == "IG2":
-            gradcf = path.end.mean(dim=1)  # the GradCF averaged over the references
+            gradcf = path.end.mean(dim=1)  # the GradCF averaged over the references and walks
+            walks = path.walks
 
     print(
         f"\n{len(x)} test digits, {steps} steps, targets {target.tolist()}; IG2 walks "
-        f"{references.shape[1]} GradPaths per digit (its gradients count them all)"
+        f"{references.shape[1]} references x {walks} walks = {references.shape[1] * walks} "
+        "GradPaths per digit (its gradients count them all)"
     )
     print(
         f"{'method':20s} {'|delta| / |gap|, max':>21s} {'gradients per digit':>20s} {'time s':>7s}"
