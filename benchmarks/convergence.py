@@ -6,7 +6,7 @@ attributions must add up to), the gradient evaluations and the seconds of one ca
 cosine between the attributions and a reference integral along the same path (32 Gauss-Legendre
 nodes per segment, no refinement; for IG, Captum's Gauss-Legendre with 1024 steps).
 
-The case (the convergence issue's): scikit-image's ``chelsea`` centre-cropped and resized to
+The case: scikit-image's ``chelsea`` centre-cropped and resized to
 224 x 224 (class 285, Egyptian cat, p = 0.41), EfficientNet-Lite0 normalising [0, 1] inputs
 inside the model; IG and Guided IG from a black image (Guided IG with the paper's 200 steps);
 IG2 against scikit-image's ``coffee``, representation ``_conv_head``, clamp (0, 1), 50 steps,

@@ -6,7 +6,7 @@ error reached, abs(delta) / abs(gap) (gap: the output difference the attribution
 to; for IG2 the package's, delta and gap averaged over the references), the gradient
 evaluations spent and the seconds of the call. From these, per method and per error level
 (1, 2, 5 %): the cheapest setting whose error is within the level on *every* photo, its mean
-seconds, and their ratio to Captum's IG at 2 % (the issue's goal: at most 2).
+seconds, and their ratio to Captum's IG at 2 % (the aim: at most 2).
 
 The case: EfficientNet-Lite0 with its ImageNet weights (``common.photos``) on whole photos of
 ``captum_ig2.pretrained.PHOTOS`` (``--photos``, default chelsea and coffee), each explained for

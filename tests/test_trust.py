@@ -1,7 +1,7 @@
 """Trust: no silent NaN or zero, a clear error for every bad input, Captum's whole contract.
 
-Each test here failed on the package before the issue that asked for it ("Trust: no silent
-NaN or zero, every bad input a clear error, and the rest of Captum's contract").
+Each test here failed on an earlier version of the package, which returned a silent NaN or zero,
+a bare assertion or an unnamed error where these tests now expect a named one.
 """
 
 from __future__ import annotations
