@@ -21,7 +21,8 @@ peak memory. Captum's IG is the named reference, measured in the same run.
 Then it looks inside the walk. For the first ``--trace`` crops, IG2's walk (the paper's fixed
 steps and the adaptive ones) from the crop and from the crop moved by ``--eps``: the distance
 between the two walks step by step, the representation distance along each, the cosine between
-consecutive steps and the step lengths (papers' estimator; the integral does not change the walk).
+consecutive steps and the step lengths (papers' estimator; the integral does not change the walk),
+and the paper's walk with ten times as many steps, each ten times shorter.
 
 The case: EfficientNet-Lite0 with its ImageNet weights (``common.photos``) on ``--crops`` crops
 of each of the ``--photos`` at ``--size`` pixels, each explained for its predicted class; IG2's
@@ -195,9 +196,12 @@ class Trace:
     turn: list[float]  # cosine between consecutive steps of the unmoved walk
     step_length: list[float]
     output: list[float]  # the explained output f along the unmoved walk
+    finer: int = 1  # steps per step of the coarse walk (the same path length)
 
 
-def trace(case: Case, i: int, walk: str, eps: float) -> Trace:
+def trace(case: Case, i: int, walk: str, eps: float, finer: int = 1) -> Trace:
+    """The walks of crop ``i`` and of the crop moved by ``eps``; ``finer`` > 1: the paper's walk
+    with ``finer`` times as many steps, each ``finer`` times shorter (the same length)."""
     model = case.model
     ig2 = IterativeGradientIG(model, representation_layer=model.representation_layer)
     generator = torch.Generator().manual_seed(1)
@@ -205,9 +209,12 @@ def trace(case: Case, i: int, walk: str, eps: float) -> Trace:
     noise = (torch.rand(x.shape, generator=generator, dtype=torch.float64) * 2 - 1) * eps
     moved = (x.double().cpu() + noise).clamp(0, 1).to(device=x.device, dtype=x.dtype)
     both = torch.cat([x, moved])
+    reference = case.references[i : i + 1]
+    n_steps = case.steps["ig2"] * finer
+    step_size = float((x - reference).flatten().norm()) / n_steps
     path = ig2.path(
-        both, baselines=case.references[i : i + 1], target=case.target[i].repeat(2),
-        n_steps=case.steps["ig2"], clamp=(0.0, 1.0), n_walks=1, walk=walk, **PAPERS,
+        both, baselines=reference, target=case.target[i].repeat(2), n_steps=n_steps,
+        step_size=step_size, clamp=(0.0, 1.0), n_walks=1, walk=walk, **PAPERS,
     )  # fmt: skip
     points = path.points[:, :, 0]  # (T + 1, 2, C, H, W)
     separation = (points[:, 0] - points[:, 1]).flatten(1).norm(dim=1)
@@ -226,9 +233,10 @@ def trace(case: Case, i: int, walk: str, eps: float) -> Trace:
             distance = (captured.pop() - reference).pow(2).mean(dim=1)
     finally:
         handle.remove()
+    name = walk if finer == 1 else f"{walk}, {finer}x shorter steps"
     return Trace(
-        case.labels[i], walk, separation.tolist(), distance.tolist(), turn.tolist(),
-        lengths.tolist(), path.outputs[:, 0, 0].tolist(),
+        case.labels[i], name, separation.tolist(), distance.tolist(), turn.tolist(),
+        lengths.tolist(), path.outputs[:, 0, 0].tolist(), finer,
     )  # fmt: skip
 
 
@@ -240,7 +248,12 @@ def table(rows: list[Row]) -> str:
     head += " | s / example |"
     lines = [head, "| --- " * (len(CONDITIONS) + 5) + "|"]
     for row in rows:
-        cells = [f"{min(row.cosines[c]):.3f} ({np.median(row.cosines[c]):.3f})" for c in CONDITIONS]
+        cells = [
+            f"{min(row.cosines[c]):.3f} ({np.median(row.cosines[c]):.3f})"
+            if c in row.cosines
+            else "-"
+            for c in CONDITIONS
+        ]
         cells.append("" if row.predicted is None else f"{min(row.predicted):.3f}")
         if row.relative_error:
             cells.append(f"{np.median(row.relative_error):.2%} ({max(row.relative_error):.2%})")
@@ -254,7 +267,10 @@ def table(rows: list[Row]) -> str:
 
 def print_trace(t: Trace) -> None:
     last = len(t.separation) - 1
-    at = sorted({k for k in (0, 1, 2, 3, 5, 10, 20, 30, 40) if k < last} | {last})
+    # A finer walk is shown at the path lengths of the coarse walk's steps.
+    at = sorted({k * t.finer for k in (0, 1, 2, 3, 5, 10, 20, 30, 40) if k * t.finer < last})
+    at.append(last)
+    travelled = np.concatenate([[0.0], np.cumsum(t.step_length)])
     turns = np.array(t.turn)
     print(
         f"  {t.crop}, {t.walk} walk: consecutive steps' cosine median {np.median(turns):.2f} "
@@ -263,6 +279,7 @@ def print_trace(t: Trace) -> None:
         f"{sum(t.step_length):.3g}"
     )
     print("    step        " + "".join(f"{k:>8d}" for k in at))
+    print("    travelled   " + "".join(f"{travelled[k]:8.3g}" for k in at))
     print("    separation  " + "".join(f"{t.separation[k]:8.2g}" for k in at))
     print("    rep. dist.  " + "".join(f"{t.distance[k]:8.3g}" for k in at))
     print("    output f    " + "".join(f"{t.output[k]:8.3g}" for k in at))
@@ -296,14 +313,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     photos = tuple(args.photos.split(","))
-    names = args.methods.split(";")
+    names = [name for name in args.methods.split(";") if name]  # "" runs the traces only
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         parser.error(f"unknown --methods {unknown}; the rows are {list(METHODS)}")
     if args.smoke:
         args.size, args.crops, photos, args.trace = 32, 1, photos[:2], 1
         args.ig2_steps, args.guided_steps, args.ig_steps = 3, 10, 16
-        names = [names[0], "IG2, papers' estimator", "IG (Captum), 256 steps"]
+        if len(names) == len(METHODS):  # the default rows: three of them
+            names = [names[0], "IG2, papers' estimator", "IG (Captum), 256 steps"]
     device = torch.device(args.device)
     steps = {"ig2": args.ig2_steps, "guided": args.guided_steps, "captum": args.ig_steps}
     case = Case(args.size, args.crops, photos, device, steps)
@@ -356,8 +374,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nInside the walk (papers' estimator, {args.ig2_steps} steps; separation from "
               f"the walk of the crop moved by {args.eps:g})")  # fmt: skip
         for i in range(min(args.trace, len(case.x))):
-            for walk in ("fixed", "adaptive"):
-                traces.append(trace(case, i, walk, args.eps))
+            for walk, finer in (("fixed", 1), ("fixed", 10), ("adaptive", 1)):
+                traces.append(trace(case, i, walk, args.eps, finer))
                 print_trace(traces[-1])
                 save()
     print("\n" + table(rows))
