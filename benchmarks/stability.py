@@ -117,11 +117,13 @@ class Case:
         self.references = other_photo_references(photo_set, 1)[:, 0].to(device)
 
     def call(self, kind: str, options: dict[str, Any], x: Tensor, rows: slice | None = None,
-             batch: int | None = None) -> tuple[Tensor, Any]:  # fmt: skip
+             batch: int | None = None, dtype: torch.dtype = torch.float32,
+             ) -> tuple[Tensor, Any]:  # fmt: skip
         """The map of ``kind`` for ``x`` (rows ``rows`` of the crops), and the package's path
-        record (None for Captum's IG), in ``x``'s dtype."""
+        record (None for Captum's IG), with model and inputs in ``dtype``."""
         rows = rows if rows is not None else slice(None)
-        model = self.model64 if x.dtype == torch.float64 else self.model
+        x = x.to(dtype)
+        model = self.model64 if dtype == torch.float64 else self.model
         target = self.target[rows]
         if kind == "captum":
             ig = IntegratedGradients(model)
@@ -145,7 +147,58 @@ class Case:
         return record.attributions, record
 
 
-def measure(case: Case, name: str, eps: float, batch: int | None) -> Row:
+class TextCase:
+    """all-MiniLM-L6-v2 (offline) and sentence pairs of ``benchmarks/text_deletion.py``: the
+    methods explain cos(A, B) with respect to A's word embeddings (``Layer*`` classes), a token's
+    attribution the sum over the embedding dimension; IG2 against two other sentences, the
+    sentence embedding as representation; Guided IG and Captum's IG from A's ``[PAD]``
+    sentence. The layer classes report no path record, so the rows show cosines and seconds."""
+
+    def __init__(self, pairs: int, device: torch.device, steps: dict[str, int]) -> None:
+        from text_deletion import PAIRS, load_minilm, make_batch
+
+        tokenizer, f = load_minilm()
+        self.batch = make_batch(tokenizer, f, PAIRS[:pairs], 2)
+        for name in ("ids", "mask", "target", "baseline", "references"):
+            setattr(self.batch, name, getattr(self.batch, name).to(device))
+        self.model, self.model64 = f.to(device), copy.deepcopy(f).double().to(device)
+        self.device, self.steps = device, steps
+        self.x = self.batch.ids
+        self.labels = [f"pair {i}" for i in range(pairs)]
+
+    def call(self, kind: str, options: dict[str, Any], x: Tensor, rows: slice | None = None,
+             batch: int | None = None, dtype: torch.dtype = torch.float32,
+             ) -> tuple[Tensor, Any]:  # fmt: skip
+        from captum.attr import LayerIntegratedGradients
+
+        from captum_ig2 import LayerGuidedIG, LayerIterativeGradientIG
+
+        rows = rows if rows is not None else slice(None)
+        model = self.model64 if dtype == torch.float64 else self.model
+        layer = model.bert.embeddings.word_embeddings
+        b = self.batch
+        common = dict(additional_forward_args=(b.mask[rows], b.target[rows].to(dtype)),
+                      internal_batch_size=batch or 256)  # fmt: skip
+        if kind == "captum":
+            attributions = LayerIntegratedGradients(model, layer).attribute(
+                b.ids[rows], baselines=b.baseline[rows], n_steps=self.steps["captum"], **common
+            )
+        elif kind == "guided":
+            attributions = LayerGuidedIG(model, layer).attribute(
+                b.ids[rows], baselines=b.baseline[rows], n_steps=self.steps["guided"],
+                **options, **common,
+            )  # fmt: skip
+        else:
+            attributions = LayerIterativeGradientIG(
+                model, layer, representation_layer=model.sentence_embedding
+            ).attribute(
+                b.ids[rows], baselines=b.references[rows], n_steps=self.steps["ig2"],
+                **options, **common,
+            )  # fmt: skip
+        return attributions.sum(-1), None
+
+
+def measure(case: Case | TextCase, name: str, eps: float, batch: int | None) -> Row:
     """Every condition of one method."""
     kind, options = METHODS[name]
     row = Row(name)
@@ -164,7 +217,7 @@ def measure(case: Case, name: str, eps: float, batch: int | None) -> Row:
         row.evaluations = record.evaluations.tolist()
         if record.stability is not None:
             row.predicted = record.stability.tolist()
-    else:
+    elif kind == "captum":
         row.evaluations = [case.steps["captum"]] * len(case.x)
     alone = torch.cat(
         [case.call(kind, options, case.x[i : i + 1], slice(i, i + 1), batch)[0]
@@ -173,11 +226,12 @@ def measure(case: Case, name: str, eps: float, batch: int | None) -> Row:
     generator = torch.Generator().manual_seed(0)
     noise = (torch.rand(case.x.shape, generator=generator, dtype=torch.float64) * 2 - 1) * eps
     moved = (case.x.double().cpu() + noise).clamp(0, 1).to(device=device, dtype=case.x.dtype)
-    again = {
-        "batch": alone,
-        "1e-6": case.call(kind, options, moved, batch=batch)[0],
-        "f64": case.call(kind, options, case.x.double(), batch=batch)[0],
-    }
+    if not case.x.is_floating_point():
+        moved = case.x
+    again = {"batch": alone}
+    if case.x.is_floating_point():  # not for token ids
+        again["1e-6"] = case.call(kind, options, moved, batch=batch)[0]
+    again["f64"] = case.call(kind, options, case.x, batch=batch, dtype=torch.float64)[0]
     if device.type == "cuda":
         again["again"] = case.call(kind, options, case.x, batch=batch)[0]
     row.cosines = {c: cosine(base, m).tolist() for c, m in again.items()}
@@ -259,7 +313,7 @@ def table(rows: list[Row]) -> str:
             cells.append(f"{np.median(row.relative_error):.2%} ({max(row.relative_error):.2%})")
         else:
             cells.append("")
-        cells.append(f"{np.median(row.evaluations):.0f}")
+        cells.append(f"{np.median(row.evaluations):.0f}" if row.evaluations else "")
         cells.append(f"{row.seconds_per_example:.2f}")
         lines.append(f"| {row.method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -307,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
         help="internal_batch_size of every call (default: the package's)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
+    parser.add_argument("--text", type=int, default=0, metavar="PAIRS",
+                        help="instead of photos: MiniLM on this many sentence pairs (no 1e-6 "
+                        "condition for token ids, no traces)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     args = parser.parse_args(argv)
@@ -324,15 +381,23 @@ def main(argv: list[str] | None = None) -> None:
             names = [names[0], "IG2, papers' estimator", "IG (Captum), 256 steps"]
     device = torch.device(args.device)
     steps = {"ig2": args.ig2_steps, "guided": args.guided_steps, "captum": args.ig_steps}
-    case = Case(args.size, args.crops, photos, device, steps)
+    case: Case | TextCase
+    if args.text:
+        case, args.trace = TextCase(args.text, device, steps), 0
+    else:
+        case = Case(args.size, args.crops, photos, device, steps)
     where = (
         f"{device.type} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
         else f"cpu, {torch.get_num_threads()} threads"
     )  # fmt: skip
+    what = (
+        f"all-MiniLM-L6-v2, {len(case.x)} sentence pairs"
+        if args.text
+        else f"EfficientNet-Lite0, {len(case.x)} crops at {args.size} px ({', '.join(case.labels)})"
+    )
     print(
-        f"EfficientNet-Lite0, {len(case.x)} crops at {args.size} px ({', '.join(case.labels)}), "
-        f"{where}, torch {torch.__version__}; cosine between two maps that differ only in the "
-        "condition, worst (median) over the crops",
+        f"{what}, {where}, torch {torch.__version__}; cosine between two maps that differ only "
+        "in the condition, worst (median) over the examples",
         flush=True,
     )
     rows: list[Row] = []
@@ -343,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "size": args.size,
         "crops": case.labels, "eps": args.eps, "batch": args.batch, "rows": [], "traces": [],
+        "model": "all-MiniLM-L6-v2" if args.text else "EfficientNet-Lite0",
     }  # fmt: skip
 
     def save() -> None:
@@ -364,15 +430,17 @@ def main(argv: list[str] | None = None) -> None:
             )
             predicted = "" if row.predicted is None else f"  predicted {min(row.predicted):.3f}"
             memory = "" if row.peak_memory_gb is None else f", {row.peak_memory_gb:.1f} GB"
+            gradients = f"{np.median(row.evaluations):.0f} gradients, " if row.evaluations else ""
             print(
-                f"{name:30s} {cells}{predicted}  [{np.median(row.evaluations):.0f} gradients, "
+                f"{name:30s} {cells}{predicted}  [{gradients}"
                 f"{row.seconds_per_example:.2f} s per example{memory}; "
                 f"{time.perf_counter() - start:.0f} s]",
                 flush=True,
             )
             save()
-        print(f"\nInside the walk (papers' estimator, {args.ig2_steps} steps; separation from "
-              f"the walk of the crop moved by {args.eps:g})")  # fmt: skip
+        if args.trace:
+            print(f"\nInside the walk (papers' estimator, {args.ig2_steps} steps; separation "
+                  f"from the walk of the crop moved by {args.eps:g})")  # fmt: skip
         for i in range(min(args.trace, len(case.x))):
             for walk, finer in (("fixed", 1), ("fixed", 10), ("adaptive", 1)):
                 traces.append(trace(case, i, walk, args.eps, finer))
