@@ -173,7 +173,7 @@ def main() -> None:
         lambda **kw: ig2.path(
             x, reference_photo, target=target, n_steps=ig2_steps, clamp=(0.0, 1.0),
             walk="fixed", n_walks=1, **kw,
-        ),  # fmt: skip
+        ),
         settings(dict(epsrel=None), "gausslegendre, nodes=5, epsrel=None"),
         reference_nodes,
     )

@@ -391,7 +391,7 @@ def measure_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "examples": args.long_batches * args.long_batch_size,
         "batch_size": args.long_batch_size,
         "attribute_kwargs": {"n_steps": 8, "method": "riemann_left", "nodes": 1, "epsrel": None,
-                             "walk": "fixed", "n_walks": 1},  # fmt: skip
+                             "walk": "fixed", "n_walks": 1},
         "save": ["attributions", "delta", "relative_error", "converged", "gradcf"],
         "out_dir": str(work / "out-memory"),
     }
