@@ -235,8 +235,8 @@ def deletion_insertion_metrics(
 # --------------------------------------------------------------------------------------------
 
 
-#: The rule of the tables in the README: the trapezoid rule on the ends of every segment, without
-#: refinement.
+#: The rule of the tables in docs/benchmarks.md: the trapezoid rule on the ends of every
+#: segment, without refinement.
 SEGMENT_RULE = dict(method="riemann_trapezoid", nodes=2, epsrel=None)
 
 

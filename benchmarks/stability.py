@@ -296,7 +296,7 @@ def trace(case: Case, i: int, walk: str, eps: float, finer: int = 1) -> Trace:
 
 # -- report --------------------------------------------------------------------------------------
 def table(rows: list[Row]) -> str:
-    """The markdown table of the README: worst (median) cosine per condition, and the cost."""
+    """The table of docs/benchmarks.md: worst (median) cosine per condition, and the cost."""
     head = "| method | " + " | ".join(f"{c}: worst (median)" for c in CONDITIONS)
     head += " | predicted, worst | completeness error, median (max) | gradients / example"
     head += " | s / example |"
