@@ -112,9 +112,10 @@ def test_a_swapped_gradient_func_is_used_and_agrees(cls, cnn: SmallCNN) -> None:
     got, delta = method.attribute(x, **kwargs)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(delta, expected_delta)
-    # Per step one gradient at the path point (IG2's distance, Guided IG's output) and one
-    # batch of Gauss-Legendre nodes on the segment.
-    assert len(calls) == 12
+    # Per step one gradient at the path point (IG2's distance, Guided IG's output) and the
+    # segment's 5 Gauss-Legendre nodes, in batches of at most one point per path (the memory of
+    # a step, without internal_batch_size): 5 batches.
+    assert len(calls) == 6 * (1 + 5)
     # With refinement, too, the swapped function sees every evaluation and agrees.
     calls.clear()
     refine = dict(target=1, n_steps=6, method="riemann_middle", epsrel=1e-5, limit=64)
