@@ -252,7 +252,8 @@ def test_refined_paths_do_not_depend_on_batch_or_chunking(name: str, rule: dict)
     # the last bit (on an AVX-512 CPU, about 1e-17 here; on another CPU they may not differ at
     # all), and where a residual sits at its threshold that bit decides whether a piece is
     # bisected. So what is promised is the accuracy, not the count: the attributions agree to
-    # the tolerance and the counts to a few percent; without refinement (IDGI) they are equal.
+    # the tolerance and the counts to within 10 % (IG2's default makes 8 walks' worth of such
+    # decisions per path); without refinement (IDGI) they are equal.
     # (Some of these paths have a tiny output gap and miss the relative tolerance, and say so;
     # this test is about invariance only.)
     model = deep_relu_net()
@@ -269,7 +270,7 @@ def test_refined_paths_do_not_depend_on_batch_or_chunking(name: str, rule: dict)
             return
         relative = (a - b).norm(dim=-1) / b.norm(dim=-1)
         assert (relative <= epsrel).all(), relative
-        assert ((count_a - count_b).abs() <= 0.05 * count_b).all(), (count_a, count_b)
+        assert ((count_a - count_b).abs() <= 0.1 * count_b).all(), (count_a, count_b)
 
     chunked = run(name, model, x, internal_batch_size=2, **rule)
     agree(chunked.attributions, batch.attributions, chunked.evaluations, batch.evaluations)
