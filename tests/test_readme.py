@@ -1,4 +1,4 @@
-"""Every Python block of the README runs as written."""
+"""Every Python block of the README and of docs/*.md runs as written."""
 
 from __future__ import annotations
 
@@ -7,14 +7,25 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [
+    (page, block)
+    for page in PAGES
+    for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+]
+IDS = [f"{page.relative_to(ROOT)}:block{i}" for i, (page, _) in enumerate(BLOCKS)]
 
 
 def test_the_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 4
+    assert sum(page == README for page, _ in BLOCKS) >= 4
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code: str) -> None:
-    exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
+def test_the_readme_is_short() -> None:
+    assert len(README.read_text().splitlines()) <= 300
+
+
+@pytest.mark.parametrize(("page", "code"), BLOCKS, ids=IDS)
+def test_readme_example_runs(page: Path, code: str) -> None:
+    exec(compile(code, str(page), "exec"), {"__name__": "readme_example"})
