@@ -539,9 +539,12 @@ def _warn_not_converged(
         f"the completeness tolerance |delta| <= epsabs + epsrel * |gap| (epsrel="
         f"{integration.epsrel}, epsabs={integration.epsabs}); the worst, example {worst}, has "
         f"|delta| = {float(error[worst]):.4g} against a gap of {float(gap[worst]):.4g} "
-        f"({relative:.1%}). Raise `limit` (now {integration.limit}) to let segments be "
-        f"refined further, or `nodes` (now {integration.nodes}), or loosen `epsrel`; "
-        "`path(...)` reports the error and the gradient evaluations of every example.",
+        f"({relative:.1%}). Raise `limit` (now {integration.limit}) several-fold, e.g. "
+        f"limit={8 * integration.limit}, to let segments be bisected further: a gap that is "
+        "small next to the swings of the output along the path needs many pieces, and more "
+        f"`nodes` per piece (now {integration.nodes}) help less on a network with kinks (ReLU); "
+        "or loosen `epsrel`. `path(...)` reports the error and the gradient evaluations of "
+        "every example.",
         ConvergenceWarning,
         stacklevel=caller_stacklevel(),
     )
