@@ -65,6 +65,10 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, floa
     return out, seconds, peak
 
 
+def _flat(value: Any) -> tuple[torch.Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,18 +76,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--size", type=int, default=224, help="crop size in pixels (224)")
     parser.add_argument("--crops", type=int, default=3, help="crops per photo (3: 18 crops)")
+    parser.add_argument("--photos", type=int, default=len(PHOTOS),
+                        help=f"the first of the {len(PHOTOS)} photos ({len(PHOTOS)})")  # fmt: skip
     parser.add_argument("--ig-steps", default="64,128,256,512,1024",
                         help="Captum IG's n_steps, tried in this order")  # fmt: skip
     parser.add_argument("--ig-batch", type=int, default=256, help="Captum IG's batch (256)")
-    parser.add_argument("--dataset-batch", type=int, default=6, help="explain_dataset's (6)")
+    parser.add_argument("--dataset-batch", type=int, default=6,
+                        help="explain_dataset's (6; 0: skip it)")  # fmt: skip
+    parser.add_argument("--accuracy", type=int, default=2,
+                        help="crops whose default maps are compared with a 32-node integral "
+                        "along the same paths (2; 0: none)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     args = parser.parse_args(argv)
     ig2_steps, guided_steps = 50, 200
-    names, smoke = PHOTOS, {}
+    names, smoke = PHOTOS[: args.photos], {}
     if args.smoke:  # it runs; refinement capped at 2 pieces per segment
         smoke = {"limit": 2}
         args.size, args.crops, args.ig_steps, args.dataset_batch = 32, 1, "8,16", 1
+        args.accuracy = min(args.accuracy, 1)
         ig2_steps, guided_steps, names = 3, 6, PHOTOS[:2]
     device = torch.device(args.device)
     photos = load_photo_set(size=args.size, crops=args.crops, names=names)
@@ -173,7 +184,46 @@ def main(argv: list[str] | None = None) -> None:
     results["cost"] = cost
     results["reference"] = reference_row
 
+    # The accuracy of the default maps: the cosine to a 32-node Gauss-Legendre integral along the
+    # same paths (the first crops, in a batch of their own on both sides, so the paths agree).
+    if args.accuracy > 0:
+        k = args.accuracy
+        print(f"\n2b. the default maps against 32 Gauss-Legendre nodes per segment along the "
+              f"same paths, {k} crops")  # fmt: skip
+        fine = {"method": "gausslegendre", "nodes": 4 if args.smoke else 32, "epsrel": None}
+        accuracy = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", StabilityWarning)
+            for name, call in {
+                "IG2, default (8 walks)": lambda kw: ig2.path(
+                    x[:k], references[:k], target=target[:k], n_steps=ig2_steps,
+                    clamp=(0.0, 1.0), keep_points=False, **kw),
+                "Guided IG, default": lambda kw: gig.path(
+                    x[:k], target=target[:k], n_steps=guided_steps, keep_points=False, **kw),
+            }.items():  # fmt: skip
+                default, reference = call(smoke), call(fine)
+                same = all(
+                    torch.equal(a, b)
+                    for a, b in zip(_flat(default.ends[1]), _flat(reference.ends[1]))
+                )
+                a = default.attributions.flatten(1).double()
+                b = reference.attributions.flatten(1).double()
+                cosines = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist()
+                accuracy[name] = {
+                    "cosine": cosines, "same_paths": same,
+                    "reference_error": reference.relative_error.tolist(),
+                    "default_error": default.relative_error.tolist(),
+                }  # fmt: skip
+                print(f"  {name:30s} cosine {min(cosines):.4f} (worst of {k}), same paths: "
+                      f"{same}; the 32-node integral's own completeness error "
+                      f"{float(reference.relative_error.max()):.2%}")  # fmt: skip
+        results["accuracy"] = accuracy
+
     # 4. explain_dataset against a plain loop.
+    if args.dataset_batch <= 0:
+        _save(args.json, results)
+        return
     size = args.dataset_batch
     batches = [  # (inputs, target, references) on the CPU, as a data loader gives them
         (x[i : i + size].cpu(), target[i : i + size].cpu(), references[i : i + size].cpu())
@@ -196,8 +246,12 @@ def main(argv: list[str] | None = None) -> None:
           f"({loop_seconds / dataset_seconds:.2f}x)")  # fmt: skip
     results["dataset"] = {"examples_per_second": n / dataset_seconds,
                           "loop_examples_per_second": n / loop_seconds}  # fmt: skip
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    _save(args.json, results)
+
+
+def _save(path: Path | None, results: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

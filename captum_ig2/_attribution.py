@@ -32,10 +32,11 @@ from captum_ig2._path import Explain, Forward, PathIntegral, model_forward, targ
 from captum_ig2._quadrature import ConvergenceWarning, Integration
 
 #: The default rules: IG2's path points are where its steps took their direction, so the output's
-#: gradient there is biased along the segment and IG2 takes interior (Gauss-Legendre) nodes;
-#: Guided IG's step takes the output's gradient at every path point anyway, and the trapezoid
-#: rule reuses it. Both were the cheapest of the rules measured on EfficientNet-Lite0 to meet the
-#: default tolerance (README, "Convergence").
+#: gradient there is biased along the segment and IG2 takes interior (Gauss-Legendre) nodes: the
+#: trapezoid on its path points missed the tolerance on small networks and on EfficientNet-Lite0
+#: at 64 px (10.6 % with 20 steps). Guided IG's step takes the output's gradient at every path
+#: point anyway, and the trapezoid with its 2 nodes there reuses it, refined by bisection: the
+#: cheapest rule measured on EfficientNet-Lite0 (docs/benchmarks.md, "The cost of 2 %").
 IG2_METHOD = "gausslegendre"
 GUIDED_IG_METHOD = "riemann_trapezoid"
 #: Segments are refined until the completeness error is within 2 % of the output difference,
@@ -90,20 +91,23 @@ QUADRATURE_DOC = """\
 
 
 _WHY = {
-    IG2_METHOD: "interior nodes: the output's gradient at a GradPath point is biased along "
-    "the step taken from there",
-    GUIDED_IG_METHOD: "it reuses the output's gradient that every guided step takes",
+    "ig2": "interior nodes: the output's gradient at a GradPath point is biased along the step "
+    "taken from there",
+    "guided_ig": "with 2 nodes, the path points: it reuses the output's gradient that every "
+    "guided step takes",
 }
 
 
-def document_quadrature(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Fills the quadrature arguments, with ``method`` as the default rule, into the docstring
-    of an ``attribute``."""
+def document_quadrature(
+    method: str, kind: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Fills the quadrature arguments, with ``method`` as the default rule of method ``kind``
+    ("ig2" or "guided_ig"), into the docstring of an ``attribute``."""
     from captum_ig2._quadrature import DEFAULT_NODES
 
     text = QUADRATURE_DOC.format(
         method=method,
-        why=_WHY[method],
+        why=_WHY[kind],
         nodes=", ".join(f"{n} ({m})" for m, n in DEFAULT_NODES.items()),
         epsrel=EPSREL,
         limit=LIMIT,
@@ -213,6 +217,8 @@ class PathAttribution(GradientAttribution):
     _name = "Path"
     #: Input attribution differentiates the inputs; layer variants admit token ids.
     _floating_inputs = True
+    #: c of the refinement's condition on every piece (see ``_quadrature.Quadrature``).
+    _piece_share = 1.0
 
     def __init__(self, forward_func: Callable[..., Any], multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func)
@@ -263,6 +269,7 @@ class PathAttribution(GradientAttribution):
                     "has no local form: use it with `multiply_by_inputs=True`."
                 )
             integration = dataclasses.replace(integration, local=True)
+        integration = dataclasses.replace(integration, share=self._piece_share)
         check_target(target, n)
         return Call(
             _is_tuple(inputs),

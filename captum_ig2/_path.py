@@ -500,6 +500,7 @@ def integrate_path(
     show_progress: bool = False,
     desc: str = "path",
     observer: Observer | None = None,
+    group_size: int = 1,
 ) -> PathIntegral:
     """Walks every path ``n_steps`` steps from ``start`` and integrates the output's gradient.
 
@@ -517,6 +518,8 @@ def integrate_path(
         show_progress: show a progress bar over the path points.
         desc: the progress bar's label.
         observer: sees every quadrature node (see :data:`Observer`), e.g. for conductance.
+        group_size: M, the consecutive paths whose mean is one example's attribution (IG2's
+            walks and references): the tolerance holds for their mean.
     """
     x = tuple(t.detach() for t in start)
     n_paths = x[0].shape[0]
@@ -591,6 +594,7 @@ def integrate_path(
                 quadrature = integration.quadrature(
                     value, heading_output if integration.refines else None, n_steps,
                     internal_batch_size if internal_batch_size is not None else n_paths,
+                    group_size,
                 )  # fmt: skip
             else:
                 assert previous is not None and quadrature is not None

@@ -165,7 +165,7 @@ class IterativeGradientIG(PathAttribution):
         walk: str = "adaptive",
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
-    @document_quadrature(IG2_METHOD)
+    @document_quadrature(IG2_METHOD, "ig2")
     @log_usage()
     def attribute(  # type: ignore[misc]
         self,
@@ -396,6 +396,7 @@ class IterativeGradientIG(PathAttribution):
                 show_progress=show_progress,
                 desc="IG2",
                 observer=observer,
+                group_size=r * w,
             )
         # The engine integrates along the path, input -> GradCF; IG2 attributes f(input) -
         # f(GradCF), the reverse direction.

@@ -296,3 +296,16 @@ def test_refined_paths_do_not_depend_on_batch_or_chunking(name: str, rule: dict)
               batch.evaluations[i : i + 1])  # fmt: skip
 
 
+
+
+def test_guided_igs_default_spends_no_gradient_beyond_its_path_where_it_is_exact() -> None:
+    # On a quadratic model the trapezoid is exact for the per-feature integrand of degree 1:
+    # Guided IG's default takes its two nodes at the path points, whose gradients the guided
+    # steps take anyway, so the call costs the path's T + 1 gradients and nothing more.
+    model = Separable(2)
+    x = torch.rand(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) + 0.2
+    path = run("guided_ig", model, x, n_steps=7)
+    assert (path.evaluations == 7 + 1).all()
+    torch.testing.assert_close(path.attributions, closed_form(model, path, "guided_ig"))
+    papers = run("guided_ig", model, x, n_steps=7, method="riemann_left", nodes=1, epsrel=None)
+    assert (papers.evaluations == 7).all()  # one gradient per step, the path's own
