@@ -12,9 +12,12 @@ Every row is measured in this run, on the same crops, against Captum's ``Integra
    crops in one call): IG2 (the paper's walk, one reference), Guided IG, and Captum's IG with
    its N x 50 points in batches of ``--ig-batch``.
 2. **Cost of 2 %**: each method's default call (IG2: 8 adaptive walks, one reference; Guided
-   IG: 200 steps), its completeness error (worst over the crops), gradient evaluations per
-   crop and seconds, against Captum's IG (Gauss-Legendre) at the fewest ``n_steps`` of
-   ``--ig-steps`` that reach 2 % on every crop; the ratios are the package's to Captum's.
+   IG: 200 steps), and IG2 with ``method="complete_trapezoid", limit=32`` (complete by
+   construction; its row adds the worst estimated map error), its completeness error (worst
+   over the crops), gradient evaluations per crop and seconds, against Captum's IG
+   (Gauss-Legendre) at the fewest ``n_steps`` of ``--ig-steps`` that reach 2 % on every crop;
+   the ratios are the package's to Captum's. ``--accuracy`` compares the maps of the first
+   crops with 32 Gauss-Legendre nodes per segment along the same paths.
 3. **Peak memory** of each call of (2) and of the papers' estimators of (1), from
    ``torch.cuda.max_memory_allocated`` (not on the CPU).
 4. **explain_dataset**: examples per second of IG2's default over the crops in batches of
@@ -49,6 +52,8 @@ from captum_ig2.dataset import explain_dataset
 from captum_ig2.pretrained import PHOTOS
 
 PAPERS = {"method": "riemann_left", "nodes": 1, "epsrel": None}
+#: IG2 with the complete trapezoid, refined by its estimate of the map's error
+COMPLETE = {"method": "complete_trapezoid", "limit": 32}
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float | None]:
@@ -159,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             "IG2, default (8 walks)": lambda: ig2.path(
                 x, references, target=target, n_steps=ig2_steps, clamp=(0.0, 1.0),
                 keep_points=False, **smoke),
+            "IG2, complete trapezoid": lambda: ig2.path(
+                x, references, target=target, n_steps=ig2_steps, clamp=(0.0, 1.0),
+                keep_points=False, **{**COMPLETE, **smoke}),
             "Guided IG, default": lambda: gig.path(
                 x, target=target, n_steps=guided_steps, keep_points=False, **smoke),
         }.items():  # fmt: skip
@@ -168,10 +176,13 @@ def main(argv: list[str] | None = None) -> None:
                 "gradients": float(record.evaluations.double().mean()),
                 "seconds": seconds / n, "peak_gb": peak,
                 "stability": None if record.stability is None else float(record.stability.min()),
+                "map_error": None if record.map_error is None else float(record.map_error.max()),
             }  # fmt: skip
     base = cost[reference_row]
     for name, row in cost.items():
         memory = "" if row["peak_gb"] is None else f", peak {row['peak_gb']:.2f} GB"
+        if row.get("map_error") is not None:
+            memory += f", estimated map error {row['map_error']:.1%}"
         print(
             f"  {name:30s} error {row['error']:7.2%}  {row['gradients']:7.0f} gradients "
             f"({row['gradients'] / base['gradients']:5.1f}x)  {row['seconds']:7.3f} s per crop "
@@ -199,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
                 "IG2, default (8 walks)": lambda kw: ig2.path(
                     x[:k], references[:k], target=target[:k], n_steps=ig2_steps,
                     clamp=(0.0, 1.0), keep_points=False, **kw),
+                "IG2, complete trapezoid": lambda kw: ig2.path(
+                    x[:k], references[:k], target=target[:k], n_steps=ig2_steps,
+                    clamp=(0.0, 1.0), keep_points=False, **{**COMPLETE, **kw}),
                 "Guided IG, default": lambda kw: gig.path(
                     x[:k], target=target[:k], n_steps=guided_steps, keep_points=False, **kw),
             }.items():  # fmt: skip
@@ -210,14 +224,21 @@ def main(argv: list[str] | None = None) -> None:
                 a = default.attributions.flatten(1).double()
                 b = reference.attributions.flatten(1).double()
                 cosines = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist()
+                map_error = ((a - b).norm(dim=1) / b.norm(dim=1)).tolist()
+                estimate = None if default.map_error is None else default.map_error.tolist()
                 accuracy[name] = {
                     "cosine": cosines, "same_paths": same,
                     "reference_error": reference.relative_error.tolist(),
                     "default_error": default.relative_error.tolist(),
+                    "map_error": map_error, "map_error_estimate": estimate,
                 }  # fmt: skip
                 print(f"  {name:30s} cosine {min(cosines):.4f} (worst of {k}), same paths: "
                       f"{same}; the 32-node integral's own completeness error "
                       f"{float(reference.relative_error.max()):.2%}")  # fmt: skip
+                print("    per crop: cosine " + ", ".join(f"{c:.4f}" for c in cosines)
+                      + "; map error " + ", ".join(f"{e:.1%}" for e in map_error)
+                      + ("" if estimate is None else
+                         "; estimated " + ", ".join(f"{e:.1%}" for e in estimate)))  # fmt: skip
         results["accuracy"] = accuracy
 
     # 4. explain_dataset against a plain loop.

@@ -132,6 +132,11 @@ def check_integration(method: Any, nodes: Any, epsrel: Any, epsabs: Any, limit: 
             "a segment), got 1; one node per segment is method='riemann_left' (the papers' sum)."
         )
     nodes = _check_int("nodes", nodes, 2 if method == "riemann_trapezoid" else 1)
+    if method == "complete_trapezoid" and nodes != 2:
+        raise ValueError(
+            "`nodes` must be 2 (or None) with method='complete_trapezoid', whose pieces have a "
+            f"node at each end and are refined by bisection, got {nodes!r}."
+        )
     if epsrel is not None:
         epsrel = _check_tolerance("epsrel", epsrel)
     epsabs = _check_tolerance("epsabs", epsabs)

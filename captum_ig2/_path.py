@@ -78,6 +78,8 @@ class PathIntegral:
         outputs: with ``record=True``, f at every path point, shape (T + 1, P).
         ends: x_0 and x_T, one pair of (P, ...) tensors per input, kept also without ``record``
             (they cost no memory beyond the walk's own).
+        error2: for the complete trapezoid, the estimated squared error of the integral (summed
+            over features and pieces), shape (P,), float64 on the CPU; None for other rules.
     """
 
     integral: tuple[Tensor, ...]
@@ -89,6 +91,7 @@ class PathIntegral:
     points: tuple[Tensor, ...] | None = None
     outputs: Tensor | None = None
     ends: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
+    error2: Tensor | None = None
 
 
 class _FullFloat32:
@@ -541,6 +544,7 @@ def integrate_path(
     total = tuple(torch.zeros_like(t) for t in x)
     residual = torch.zeros(0)
     evaluations = torch.zeros(n_paths, dtype=torch.long)
+    error2: Tensor | None = None
     points: list[tuple[Tensor, ...]] = []
     outputs: list[Tensor] = []
     previous: Point | None = None
@@ -603,6 +607,8 @@ def integrate_path(
                     acc.add_(part)
                 residual += segment.residual
                 evaluations += segment.evaluations
+                if segment.error2 is not None:
+                    error2 = segment.error2 if error2 is None else error2 + segment.error2
             if bar is not None:
                 bar.update()
             if last:
@@ -622,4 +628,5 @@ def integrate_path(
         points=tuple(torch.stack(p) for p in zip(*points)) if record else None,
         outputs=torch.stack(outputs) if record else None,
         ends=(tuple(t.detach() for t in start), x),
+        error2=error2,
     )

@@ -239,6 +239,9 @@ class LayerPathConductance(LayerAttribution):
                         region. Default: False
             path_kwargs: the path method's own arguments (n_steps, method,
                         internal_batch_size, step_size, clamp, fraction, max_dist, ...).
+                        ``method="complete_trapezoid"`` and ``"idgi"`` split residuals over
+                        the input's features, which has no counterpart at a layer, and are
+                        refused.
 
         Returns:
             **conductance** or 2-element tuple of **conductance**, **delta**: conductance of
@@ -248,10 +251,11 @@ class LayerPathConductance(LayerAttribution):
         compute_args = self._path_arguments(path_kwargs)
         formatted = _format_tensor_into_tuples(inputs)
         masks = _format_region(region, formatted)
-        if compute_args["method"] == "idgi":
+        if compute_args["method"] in ("idgi", "complete_trapezoid"):
             raise ValueError(
-                "`method='idgi'` is not a path integral, so it has no decomposition over the "
-                "neurons of a layer: use one of the quadrature rules, e.g. 'gausslegendre'."
+                f"`method={compute_args['method']!r}` splits output changes over the input's "
+                "features, so it has no decomposition over the neurons of a layer: use one of "
+                "the quadrature rules, e.g. 'gausslegendre'."
             )
         observer = _ConductanceObserver(self.layer, attribute_to_layer_input, masks)
         result = self.path_method._compute(

@@ -257,8 +257,13 @@ def test_idgi_equals_the_papers_definition_on_the_straight_line(cnn: SmallCNN) -
 @both
 @pytest.mark.parametrize(
     "rule",
-    [dict(), dict(method="riemann_middle", epsrel=0.05, limit=64), dict(method="idgi", nodes=2)],
-    ids=["default", "middle_refined", "idgi"],
+    [
+        dict(),
+        dict(method="riemann_middle", epsrel=0.05, limit=64),
+        dict(method="complete_trapezoid"),
+        dict(method="idgi", nodes=2),
+    ],
+    ids=["default", "middle_refined", "complete", "idgi"],
 )
 @pytest.mark.filterwarnings("ignore::captum_ig2.ConvergenceWarning")
 def test_refined_paths_do_not_depend_on_batch_or_chunking(name: str, rule: dict) -> None:  # type: ignore[type-arg]
