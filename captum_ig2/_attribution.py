@@ -30,6 +30,7 @@ from captum_ig2._common import (
 )
 from captum_ig2._path import Explain, Forward, PathIntegral, model_forward, target_output
 from captum_ig2._quadrature import ConvergenceWarning, Integration
+from captum_ig2._refine import map_norm
 
 #: The default rules: IG2's path points are where its steps took their direction, so the output's
 #: gradient there is biased along the segment and IG2 takes interior (Gauss-Legendre) nodes: the
@@ -37,9 +38,11 @@ from captum_ig2._quadrature import ConvergenceWarning, Integration
 #: at 64 px (10.6 % with 20 steps). Guided IG's step takes the output's gradient at every path
 #: point anyway, and the trapezoid with its 2 nodes there reuses it, refined by bisection: the
 #: cheapest rule measured on EfficientNet-Lite0 (docs/benchmarks.md, "The cost of 2 %").
-#: ``method="complete_trapezoid", limit=32`` costs 4-5x fewer gradients for IG2 there, but its
-#: first-order estimate of the map's error overstates it 10-100x on smooth models (docs/
-#: benchmarks.md, "The complete trapezoid"), so it is not the default yet.
+#: ``method="complete_trapezoid", limit=32`` costs 5-7x fewer gradients for IG2 there (1.0-1.1x
+#: Captum's IG at 112 px, 2.1-2.3x at 224 px, maps of cosine >= 0.99 to 32 nodes per segment),
+#: but it keeps every path point and its gradient until the walk ends, so its memory grows with
+#: n_steps, and it has no decomposition over a layer's neurons (LayerPathConductance), so it is
+#: not the default yet (docs/benchmarks.md, "The complete trapezoid").
 IG2_METHOD = "gausslegendre"
 GUIDED_IG_METHOD = "riemann_trapezoid"
 #: Segments are refined until the completeness error is within 2 % of the output difference,
@@ -72,13 +75,17 @@ QUADRATURE_DOC = """\
                         ``"idgi"`` or ``"complete_trapezoid"``. IDGI (Yang, Wang & Bilgic,
                         CVPR 2023) splits each segment's exact output change over the features
                         in proportion to their squared gradient at its start. The complete
-                        trapezoid takes the trapezoid on pieces of every segment, bisected
-                        where the difference of the left and right Riemann sums (its error
-                        estimate) is large next to the attribution, and splits each piece's
-                        remaining output change over the features in proportion to that
-                        estimate. Both are complete by construction (``delta`` is rounding);
-                        the complete trapezoid reports its estimated map error instead
-                        (``path(...).map_error``); pass ``limit=32`` with it (see the guide).
+                        trapezoid takes the trapezoid on every segment from the gradients at
+                        the path points, and once the walk has ended bisects the pieces of
+                        largest estimated error (half the difference of the left and right
+                        Riemann sums) across all segments of all paths until the map's
+                        estimated error meets the tolerance; it splits each piece's remaining
+                        output change over the features in proportion to that estimate. Both
+                        are complete by construction (``delta`` is rounding); the complete
+                        trapezoid reports its estimated map error instead
+                        (``path(...).map_error``), keeps the path points and their gradients
+                        on the CPU until the walk ends (memory that grows with `n_steps`);
+                        pass ``limit=32`` with it (see the guide).
                         ``method="riemann_left", nodes=1, epsrel=None`` is the
                         papers' own estimator, one gradient per step, as the authors' code
                         and PAIR's. Default: ``"{method}"`` ({why})
@@ -175,9 +182,10 @@ class AttributionPath(Generic[TensorOrTupleOfTensorsGeneric]):
             construction (``delta`` is rounding), the estimated relative error of every
             example's map, ||error|| / ||attributions||, shape (N,): the root sum of the squared
             error estimates of all the pieces the paths were cut into (see
-            ``captum_ig2._quadrature``). It was 1.0-1.4x the real error on EfficientNet-Lite0
-            photo crops, and is 10-100x too large on small smooth models (a first-order
-            estimate). None for the other rules.
+            ``captum_ig2._refine``). On EfficientNet-Lite0 photo crops the real error was
+            0.7-0.9x of it; on small smooth models it is larger than the real error, 10-100x
+            before refinement (a first-order estimate), which costs gradients there. None for
+            the other rules.
         map_tolerance: the tolerance ``map_error`` is held to, sqrt(epsrel): a relative error
             e gives a cosine of at least 1 - e^2 / 2 to the exact integral, so the default
             epsrel = 0.02 asks for a cosine of 0.99. None where there is none.
@@ -486,11 +494,7 @@ def relative_map_error(integral: tuple[Tensor, ...], error2: Tensor, n: int, r: 
     that they add up), against the norm of the mean of their integrals, or, where their
     integrals cancel in the mean, against sqrt(sum of their squared norms) / R. 0 for an
     example with neither error nor attribution, inf for one with an error and no attribution."""
-    paths = torch.cat([t.reshape(n, r, -1).double().cpu() for t in integral], dim=2)
-    # The norm of the mean, or where the paths' maps cancel in it, the norm their mean would
-    # have if they were independent: an error below that is below what the choice of
-    # references (and walks) already moves the map by.
-    norm = torch.maximum(paths.mean(dim=1).norm(dim=1), paths.norm(dim=(1, 2)) / r)
+    norm = map_norm(integral, r)
     error = error2.double().cpu().reshape(n, r).sum(dim=1).sqrt() / r
     ratio = error / torch.where(norm > 0, norm, 1.0)
     return torch.where(norm > 0, ratio, torch.where(error > 0, math.inf, 0.0))

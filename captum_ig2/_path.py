@@ -11,7 +11,8 @@ the integral sums to f(x_T) - f(x_0) up to the quadrature error. Two parts, kept
 The engine steps all P paths of a call together (P = N inputs x R references): one forward pass
 per path point for all of them, one batched evaluation per level of quadrature nodes, in chunks of
 at most ``internal_batch_size`` rows, and keeps only the current segment in memory, whatever
-``n_steps`` is.
+``n_steps`` is; the complete trapezoid alone keeps every path point and its gradient, on the
+CPU, for its refinement after the walk (``_refine.py``).
 """
 
 from __future__ import annotations
@@ -615,6 +616,13 @@ def integrate_path(
                 break
             previous = point
             x = step(k, x, grad, dist_grad)
+        assert quadrature is not None
+        refined = quadrature.refine(total, node_evaluate, None)
+        if refined is not None:  # the complete trapezoid, refined across all segments
+            change, more, error2 = refined
+            for acc, part in zip(total, change):
+                acc.add_(part)
+            evaluations += more
     finally:
         if bar is not None:
             bar.close()

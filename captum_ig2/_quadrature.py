@@ -18,20 +18,17 @@ pieces. All paths of a call are refined together: every level of refinement is o
 evaluation of all the nodes it needs.
 
 The **complete trapezoid** (``"complete_trapezoid"``) refines by the map rather than by the
-residual. On a piece [a, b] of a segment with direction d, the trapezoid is the mean of the left
-and right Riemann rules, whose difference u = (b - a) (g(b) - g(a)) * d estimates the error of
-each feature (the trapezoid's error is about u / 2 where the gradient is piecewise smooth, as
-that of a ReLU network, and the two Riemann rules bracket the integral). A piece is bisected
-while ||u||^2 > c^2 (b - a) S^2, S^2 the mean of ||A_j||^2 over the path's segments so far (the
-size of a segment's attribution), so that the squared errors of all pieces add up to at most
-c^2 of the map's squared size if their signs are random. The residual of an accepted piece,
-known exactly, is then distributed over its features in proportion to |u|, where the rule's
-error is: the path is complete by construction, and the error that completeness no longer
-measures is estimated as the root sum of the squared errors ||u / 2||^2 of all accepted
-pieces, which is returned and warned on. The estimate is of first order: where the gradient
-jumps along a piece (ReLU networks), the error is of that order, and on EfficientNet-Lite0 the
-estimate was 1.0-1.4x the map's real error; where the gradient is smooth, the trapezoid's error
-is of second order and the estimate overstates it, 10-100x and more on small tanh and GELU models.
+residual, and after the walk rather than segment by segment. On a piece [a, b] of a segment with
+direction d, the trapezoid is the mean of the left and right Riemann rules, whose difference
+u = (b - a) (g(b) - g(a)) * d brackets the error of each feature. The residual of every piece,
+known exactly, is distributed over its features in proportion to |u|, where the rule's error is:
+the path is complete by construction. Every segment starts as one piece whose end nodes are the
+path points (their gradients come with the walk); once the walk has ended, the pieces of
+largest estimated error ||u / 2|| are bisected across all segments of all paths until every
+example's estimated relative map error is within its tolerance (``_refine``, after QUADPACK's
+``qag``). The estimate, the root sum of the squared errors of all pieces, is returned and
+warned on; it is of first order, tight where the gradient jumps (ReLU networks) and pessimistic
+where it is smooth, which costs gradients there, not accuracy.
 
 IDGI (Yang, Wang & Bilgic, CVPR 2023) is a rule of another kind: it splits the exact output change
 of each piece over the features in proportion to g_i^2 / ||g||^2, g the gradient at the piece's
@@ -48,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+from captum_ig2._refine import GlobalRefinement, broadcast_rows, complete_piece, per_row_sum
 
 #: Captum's integral approximation methods, here applied per path segment, and IDGI.
 METHODS = (
@@ -71,18 +70,6 @@ DEFAULT_NODES = {
     "complete_trapezoid": 2,
 }
 
-#: The complete trapezoid bisects a piece of relative length h while its error estimate u has
-#: ||u||^2 > c^2 h S^2, with c = MAP_SHARE * the map's tolerance (see the module docstring),
-#: and keeps the squared error so far within (ENVELOPE * tolerance)^2 of the squared norm of the
-#: map so far (where earlier segments used it up, every segment within 1 / T of it), the first
-#: segment within FIRST_SEGMENT times that: IG2's first step is as long as any, carries most of
-#: the error, and the map often shrinks after it. With limit=32 on three EfficientNet-Lite0
-#: photo crops at 112 px these gave 698-1010 gradients per crop (8 walks) and maps of cosine
-#: 0.993-0.998 to 32 Gauss-Legendre nodes per segment along the same paths, with estimated
-#: errors 1.0-1.4x the real ones (docs/benchmarks.md, "The complete trapezoid").
-MAP_SHARE = 3.0
-ENVELOPE = 1.0
-FIRST_SEGMENT = 0.5
 #: Paths of one example whose segments start within COINCIDENT times the segment's length of
 #: each other run along the same segment, and their errors are one error (see _coinciding).
 COINCIDENT = 0.01
@@ -161,15 +148,6 @@ class SegmentIntegral:
 
 def _rows(x: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
     return tuple(t[index.to(t.device)] for t in x)
-
-
-def broadcast_rows(values: Tensor, like: Tensor) -> Tensor:
-    """``values`` (B,) broadcast against ``like`` (B, ...)."""
-    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
-def _per_row_sum(x: tuple[Tensor, ...]) -> Tensor:
-    return sum(t.reshape(t.shape[0], -1).sum(dim=1) for t in x)  # type: ignore[return-value]
 
 
 @dataclass
@@ -256,9 +234,9 @@ class Quadrature:
             of c * h * tol / sqrt(T).
         group_tolerance: the tolerance of every example's mean, shape (P / M,); None: the mean
             of its paths' tolerances.
-        map_tolerance: for the complete trapezoid, the tolerance of the map's estimated
-            relative error (c = MAP_SHARE * map_tolerance, see the module docstring); None: no
-            refinement.
+        map_tolerance: for the complete trapezoid, the tolerance of every example's estimated
+            relative map error, held by the refinement after the walk (see ``_refine``); None:
+            no refinement.
     """
 
     def __init__(
@@ -277,17 +255,8 @@ class Quadrature:
         self.rule = rule
         self.complete = rule.method == "complete_trapezoid"
         self.map_tolerance = map_tolerance
-        # the complete trapezoid's S^2: the sum of ||A_j||^2 over the segments so far, per path,
-        # and for the first segment its own trapezoid's ||A_0||^2
-        self._energy: np.ndarray | None = None
-        self._first_energy: np.ndarray | None = None
-        # and for its envelope: the map so far, ||map so far||^2, and the squared error so far
-        # (of the segments done, and of this segment's accepted pieces)
-        self._map: tuple[Tensor, ...] | None = None
-        self._map_energy: np.ndarray | None = None
-        self._first_map: np.ndarray | None = None
-        self._error_so_far: np.ndarray | None = None
-        self._error_kept: np.ndarray | None = None
+        # the complete trapezoid's globally adaptive refinement, made at the first segment
+        self._refinement: GlobalRefinement | None = None
         self.local = local
         self.group = group
         self.share = share
@@ -321,25 +290,50 @@ class Quadrature:
         """The integral of the next segment, from ``start`` to ``end``, of every path."""
         if self.rule.method == "idgi":
             segment = self._idgi(start, end, evaluate)
+        elif self.complete:
+            segment = self._trapezoid(start, end)
         else:
             segment = self._adaptive(start, end, evaluate, observer)
         if self.tolerance is not None:
             residual = segment.residual.detach().double().cpu().numpy()
             self._running = residual if self._running is None else self._running + residual
-        if self.complete and self.map_tolerance is not None:
-            energy = self._size(segment.integral)
-            self._energy = energy if self._energy is None else self._energy + energy
-            self._map = segment.integral if self._map is None else tuple(
-                a + b for a, b in zip(self._map, segment.integral)
-            )
-            self._map_energy = self._size(self._map, of_mean=True)
-            assert segment.error2 is not None
-            error2 = segment.error2.numpy()
-            self._error_so_far = (
-                error2 if self._error_so_far is None else self._error_so_far + error2
-            )
         self._segment += 1
         return segment
+
+    def refine(
+        self, total: tuple[Tensor, ...], evaluate: Evaluate, progress: Callable[[], None] | None
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor] | None:
+        """After the last segment: the complete trapezoid's globally adaptive refinement of
+        the paths whose integrals are ``total`` (see ``_refine``), as the change of every path's
+        integral, the evaluations it took, and every path's estimated squared error; None for
+        the other rules, and without a tolerance."""
+        if self._refinement is None:
+            return None
+        refinement, self._refinement = self._refinement, None  # what it keeps is freed after
+        return refinement.refine(total, evaluate, progress)
+
+    # -- the complete trapezoid --------------------------------------------------------------
+    def _trapezoid(self, start: Point, end: Point) -> SegmentIntegral:
+        """The complete trapezoid on every path's segment, one piece each, from the gradients
+        at the path points; kept for the refinement after the walk where there is a tolerance."""
+        assert start.grad is not None and end.grad is not None
+        n_paths = start.value.shape[0]
+        direction = tuple(b - a for a, b in zip(start.x, end.x))
+        width = torch.ones(n_paths, dtype=torch.float64)
+        integral, left, error = complete_piece(
+            start.grad, end.grad, start.value, end.value, width, direction, self.local
+        )
+        error2 = per_row_sum(tuple(e * e for e in error)).detach().double().cpu() / 4.0
+        coinciding = self._coinciding(start.x, direction)
+        if self.map_tolerance is not None:
+            if self._refinement is None:
+                self._refinement = GlobalRefinement(
+                    self.map_tolerance, n_paths, self.group, self.limit, self.chunk_size,
+                    self.local,
+                )  # fmt: skip
+            self._refinement.record(start, end, error2, coinciding)
+        evaluations = torch.zeros(n_paths, dtype=torch.long)
+        return SegmentIntegral(integral, left, evaluations, error2 * coinciding)
 
     # -- evaluation of a table of points along the segment ---------------------------------------
     def _evaluate_table(
@@ -375,10 +369,7 @@ class Quadrature:
         residual = torch.zeros_like(start.value)
         evaluations = torch.zeros(n_paths, dtype=torch.long)
         count = torch.ones(n_paths, dtype=torch.long)  # pieces of every path's segment
-        self._error_kept = np.zeros(n_paths)  # the complete trapezoid's, of accepted pieces
         kept = np.zeros(n_paths)  # the residuals of this segment's accepted pieces, per path
-        error2 = torch.zeros(n_paths, dtype=torch.float64) if self.complete else None
-        coinciding = self._coinciding(start.x, direction) if self.complete else None
         pieces = _Pieces(
             paths=torch.arange(n_paths),
             lo=torch.zeros(n_paths, dtype=torch.float64),
@@ -392,17 +383,9 @@ class Quadrature:
             weighted, estimate, half = self._estimate(
                 pieces, start.x, direction, evaluate, evaluations
             )
-            r = pieces.f_hi - pieces.f_lo - _per_row_sum(estimate)
+            r = pieces.f_hi - pieces.f_lo - per_row_sum(estimate)
             contribution = weighted if self.local else estimate
-            if self.complete:
-                assert error2 is not None and coinciding is not None
-                split, contribution, r, piece_error2 = self._complete(
-                    pieces, r, contribution, direction, count, coinciding
-                )
-                done = torch.nonzero(~split).flatten()
-                error2.index_add_(0, pieces.paths[done], piece_error2[done])
-            else:
-                split = self._to_split(r, pieces, count, kept)
+            split = self._to_split(r, pieces, count, kept)
             accepted = torch.nonzero(~split).flatten()
             into = pieces.paths[accepted].to(residual.device)
             for acc, e in zip(total, contribution):
@@ -411,7 +394,7 @@ class Quadrature:
             if observer is not None and accepted.numel():
                 self._observe(observer, start.x, direction, pieces, accepted)
             if not bool(split.any()):
-                return SegmentIntegral(total, residual, evaluations, error2)
+                return SegmentIntegral(total, residual, evaluations)
             parent = torch.nonzero(split).flatten()
             count.index_add_(0, pieces.paths[parent], torch.ones_like(parent))
             if half is None:  # f (and the gradient) at the split points are still unknown
@@ -421,87 +404,6 @@ class Quadrature:
                 half = (half[0][parent.to(half[0].device)],
                         None if half[1] is None else _rows(half[1], parent))  # fmt: skip
             pieces = pieces.bisect(parent, *half)
-
-    def _complete(
-        self,
-        pieces: _Pieces,
-        r: Tensor,
-        contribution: tuple[Tensor, ...],
-        direction: tuple[Tensor, ...],
-        count: Tensor,
-        coinciding: Tensor,
-    ) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
-        """The complete trapezoid on the open pieces (see the module docstring): which are
-        bisected (a bool CPU tensor), every piece's integral with its residual distributed over
-        the features in proportion to |u|, the residual left (where u = 0), and every piece's
-        estimated squared error ||u / 2||^2 (float64, CPU, in the units of the integral) times
-        the number of its example's paths that coincide with its own (see _coinciding)."""
-        assert pieces.g_lo is not None and pieces.g_hi is not None
-        width = pieces.hi - pieces.lo
-        dirs = _rows(direction, pieces.paths)
-        change = tuple(
-            (hi - lo) * broadcast_rows(width, hi) for hi, lo in zip(pieces.g_hi, pieces.g_lo)
-        )
-        u = tuple(c * d for c, d in zip(change, dirs))  # the right minus the left Riemann rule
-        error = change if self.local else u  # in the units of the integral
-        # the one sync per level: every piece's squared error
-        u2 = _per_row_sum(tuple(e * e for e in error)).detach().double().cpu()
-        magnitude = tuple(t.abs() for t in u)
-        total = _per_row_sum(magnitude)
-        # A residual within the rounding of the outputs (low precision: bfloat16 rounds an
-        # output of 1 to 2^-8) is not the rule's error, and is left, not distributed.
-        eps = torch.finfo(u[0].dtype).eps if u[0].is_floating_point() else 0.0
-        noise = 4.0 * eps * (pieces.f_hi.abs() + pieces.f_lo.abs())
-        total = torch.where(r.abs() > noise.to(r.dtype), total, torch.zeros_like(total))
-        spread = torch.where(total > 0, r / torch.where(total > 0, total, 1.0), 0.0)
-        correction = tuple(m * broadcast_rows(spread, m) for m in magnitude)
-        if self.local:  # a change of the integral of the gradient, feature i, times d_i
-            correction = tuple(
-                torch.where(d != 0, c / torch.where(d != 0, d, 1.0), 0.0)
-                for c, d in zip(correction, dirs)
-            )
-        integral = tuple(a + c for a, c in zip(contribution, correction))
-        left = torch.where(total > 0, torch.zeros_like(r), r)
-        n_open = pieces.paths.numel()
-        estimate = u2 / 4.0 * coinciding[pieces.paths]
-        if self.map_tolerance is None:
-            return torch.zeros(n_open, dtype=torch.bool), integral, left, estimate
-        paths = pieces.paths.numpy()
-        if self._energy is None:  # the first segment: the size of its own attribution
-            if self._first_energy is None:
-                self._first_energy = self._size(contribution)
-                self._first_map = self._size(contribution, of_mean=True)
-            scale, map_energy = self._first_energy, self._first_map
-        else:
-            assert self._map_energy is not None
-            scale, map_energy = self._energy / self._segment, self._map_energy
-        assert self._error_kept is not None
-        # 1. Each piece's share: ||u||^2 <= c^2 h S^2.
-        c = MAP_SHARE * self.map_tolerance
-        allowed = c * c * width.numpy() * scale[paths]
-        squared = u2.numpy()
-        over = squared > allowed
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(allowed > 0, squared / allowed, np.inf)
-        # 2. The envelope: every path's share of its example's squared error so far within
-        # (ENVELOPE tol)^2 M ||mean map so far||^2, so that their sum over the M paths, over
-        # M^2, is within (ENVELOPE tol)^2 of the example's map so far; else the pieces of largest
-        # error are bisected until it would be. Where the earlier segments' errors already use
-        # (nearly) all of it (the map shrank, or a segment needed the limit), every segment still
-        # keeps its error within 1 / T of it, so that the error stays bounded.
-        error = estimate.numpy()
-        done = np.zeros(len(map_energy)) if self._error_so_far is None else self._error_so_far
-        target = (ENVELOPE * self.map_tolerance) ** 2 * map_energy
-        if self._energy is None:
-            target = target * FIRST_SEGMENT**2
-        allowance = np.maximum(target - done, target / self.n_steps)
-        segment = self._error_kept + np.bincount(paths, error, minlength=len(map_energy))
-        excess = segment - allowance
-        if (excess > 0).any():
-            over |= self._offenders(error, paths, np.ones(len(excess)), np.maximum(excess, 0.0))
-        split = self._within_budget(over, ratio, paths, count.numpy())
-        np.add.at(self._error_kept, paths[~split], error[~split])
-        return torch.from_numpy(split), integral, left, estimate
 
     def _coinciding(self, start: tuple[Tensor, ...], direction: tuple[Tensor, ...]) -> Tensor:
         """For every path, how many paths of its example (itself included) start this segment
@@ -520,21 +422,6 @@ class Quadrature:
         distance = torch.cdist(grouped, grouped).reshape(n, self.group)
         near = distance <= COINCIDENT * length.view(n, 1)
         return near.sum(dim=1).double().cpu()
-
-    def _size(self, integral: tuple[Tensor, ...], of_mean: bool = False) -> np.ndarray:
-        """||A||^2 of every path's integral ``integral`` (P rows), or, where smaller, M times
-        that of the mean of its example's M paths: where the paths of an example cancel, the
-        mean is smaller than each, and so must their errors be (M, as the errors of independent
-        paths average down). ``of_mean``: M times that of the mean alone."""
-        energy = _per_row_sum(tuple(t * t for t in integral))
-        if self.group > 1 or of_mean:
-            n = integral[0].shape[0] // self.group
-            mean = tuple(t.reshape(n, self.group, *t.shape[1:]).mean(dim=1) for t in integral)
-            scaled = (_per_row_sum(tuple(t * t for t in mean)) * self.group).repeat_interleave(
-                self.group
-            )
-            energy = scaled if of_mean else torch.minimum(energy, scaled)
-        return energy.detach().double().cpu().numpy()
 
     def _estimate(
         self,
@@ -735,7 +622,7 @@ class Quadrature:
         for j in range(n):
             change = values[j + 1] - values[j]
             squares = tuple(g * g for g in grads[j])
-            norm = _per_row_sum(squares)
+            norm = per_row_sum(squares)
             # Where the gradient vanishes the change cannot be split; it stays in the residual.
             safe = torch.where(norm > 0, norm, torch.ones_like(norm))
             share = torch.where(norm > 0, change / safe, torch.zeros_like(norm))
