@@ -11,10 +11,13 @@ The classes are drop-in replacements for Captum's Integrated Gradients family: s
   (more in :mod:`captum_ig2.dataset`)
 - how stable a map is: IG2's ``path(...).stability`` and :class:`StabilityWarning`, and
   :func:`map_stability` for any method
+- the memory the complete trapezoid (IG2's default rule) keeps for its refinement:
+  :func:`set_refinement_memory`
 """
 
 from captum_ig2._attribution import AttributionPath, StabilityWarning
 from captum_ig2._quadrature import ConvergenceWarning
+from captum_ig2._refine import set_refinement_memory
 from captum_ig2.conductance import LayerPathConductance
 from captum_ig2.dataset import explain_dataset
 from captum_ig2.guided_ig import GuidedIG
@@ -36,5 +39,6 @@ __all__ = [
     "StabilityWarning",
     "explain_dataset",
     "map_stability",
+    "set_refinement_memory",
 ]
 __version__ = "0.1.0"

@@ -32,23 +32,21 @@ from captum_ig2._path import Explain, Forward, PathIntegral, model_forward, targ
 from captum_ig2._quadrature import ConvergenceWarning, Integration
 from captum_ig2._refine import map_norm
 
-#: The default rules: IG2's path points are where its steps took their direction, so the output's
-#: gradient there is biased along the segment and IG2 takes interior (Gauss-Legendre) nodes: the
-#: trapezoid on its path points missed the tolerance on small networks and on EfficientNet-Lite0
-#: at 64 px (10.6 % with 20 steps). Guided IG's step takes the output's gradient at every path
-#: point anyway, and the trapezoid with its 2 nodes there reuses it, refined by bisection: the
-#: cheapest rule measured on EfficientNet-Lite0 (docs/benchmarks.md, "The cost of 2 %").
-#: ``method="complete_trapezoid", limit=32`` costs 5-7x fewer gradients for IG2 there (1.0-1.1x
-#: Captum's IG at 112 px, 2.1-2.3x at 224 px, maps of cosine >= 0.99 to 32 nodes per segment),
-#: but it keeps every path point and its gradient until the walk ends, so its memory grows with
-#: n_steps, and it has no decomposition over a layer's neurons (LayerPathConductance), so it is
-#: not the default yet (docs/benchmarks.md, "The complete trapezoid").
-IG2_METHOD = "gausslegendre"
+#: The default rules. IG2 takes the complete trapezoid: the output's gradient at every path point
+#: (which IG2's walk does not need, so each costs one backward pass more than the walk), refined
+#: after the walk across all segments of all paths by the map's estimated error, and complete
+#: by construction (``_refine``). On EfficientNet-Lite0 crops it gave maps of cosine >= 0.99 to
+#: 32 Gauss-Legendre nodes per segment for 1.0-1.1x the gradients Captum's IG needs for 2 % at
+#: 112 px (2.1-2.3x at 224 px, where the 8 walks alone cost 1.6x), 5-7x fewer than
+#: Gauss-Legendre with 5 nodes, refined by residuals, the earlier default (docs/benchmarks.md,
+#: "The complete trapezoid"). Guided IG's step takes the output's gradient at every path point
+#: anyway, and the trapezoid with its 2 nodes there reuses it, refined by bisection: the
+#: cheapest rule measured for it on EfficientNet-Lite0 (docs/benchmarks.md, "The cost of 2 %").
+IG2_METHOD = "complete_trapezoid"
 GUIDED_IG_METHOD = "riemann_trapezoid"
-#: Segments are refined until the completeness error is within 2 % of the output difference,
-#: into at most LIMIT pieces each.
+#: Segments are refined until the completeness error is within 2 % of the output difference
+#: (the complete trapezoid: until the map's estimated relative error is within sqrt(0.02)).
 EPSREL = 0.02
-LIMIT = 8
 #: IG2 averages this many walks per reference (see ``IterativeGradientIG.attribute``) and warns
 #: with :class:`StabilityWarning` where the agreement of its walks predicts a cosine below
 #: MIN_STABILITY between the map and the map of a repeated call.
@@ -83,9 +81,9 @@ QUADRATURE_DOC = """\
                         output change over the features in proportion to that estimate. Both
                         are complete by construction (``delta`` is rounding); the complete
                         trapezoid reports its estimated map error instead
-                        (``path(...).map_error``), keeps the path points and their gradients
-                        on the CPU until the walk ends (memory that grows with `n_steps`);
-                        pass ``limit=32`` with it (see the guide).
+                        (``path(...).map_error``) and keeps the path points and their
+                        gradients on the CPU for its refinement, within a budget
+                        (:func:`~captum_ig2.set_refinement_memory`, 4 GiB by default).
                         ``method="riemann_left", nodes=1, epsrel=None`` is the
                         papers' own estimator, one gradient per step, as the authors' code
                         and PAIR's. Default: ``"{method}"`` ({why})
@@ -108,13 +106,14 @@ QUADRATURE_DOC = """\
                         None: no refinement and no warning. Default: {epsrel}
             epsabs (float, optional): The absolute part of the tolerance. Default: 0.0
             limit (int, optional): The most pieces a segment is cut into, which bounds the
-                        cost of refinement. Default: {limit}
+                        cost of refinement. Default: None, the rule's own: {limit}
 """
 
 
 _WHY = {
-    "ig2": "interior nodes: the output's gradient at a GradPath point is biased along the step "
-    "taken from there",
+    "ig2": "refined by the map's estimated error: on EfficientNet-Lite0 crops 5-7x fewer "
+    "gradients than Gauss-Legendre nodes refined by residuals, for maps of cosine >= 0.99 to "
+    "32 nodes per segment",
     "guided_ig": "with 2 nodes, the path points: it reuses the output's gradient that every "
     "guided step takes",
 }
@@ -125,14 +124,15 @@ def document_quadrature(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Fills the quadrature arguments, with ``method`` as the default rule of method ``kind``
     ("ig2" or "guided_ig"), into the docstring of an ``attribute``."""
-    from captum_ig2._quadrature import DEFAULT_NODES
+    from captum_ig2._quadrature import DEFAULT_LIMIT, DEFAULT_NODES
 
     text = QUADRATURE_DOC.format(
         method=method,
         why=_WHY[kind],
         nodes=", ".join(f"{n} ({m})" for m, n in DEFAULT_NODES.items()),
         epsrel=EPSREL,
-        limit=LIMIT,
+        limit=", ".join(f"{n} ({m})" for m, n in DEFAULT_LIMIT.items() if n != 8)
+        + ", 8 (the others)",
     )
 
     def fill(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from captum._utils.common import (
 )
 from torch import Tensor, nn
 
-from captum_ig2._quadrature import DEFAULT_NODES, METHODS, Integration
+from captum_ig2._quadrature import DEFAULT_LIMIT, DEFAULT_NODES, METHODS, Integration
 
 
 def check_inputs(inputs: tuple[Tensor, ...], floating: bool = True) -> int:
@@ -140,6 +140,8 @@ def check_integration(method: Any, nodes: Any, epsrel: Any, epsabs: Any, limit: 
     if epsrel is not None:
         epsrel = _check_tolerance("epsrel", epsrel)
     epsabs = _check_tolerance("epsabs", epsabs)
+    if limit is None:
+        limit = DEFAULT_LIMIT[method]
     limit = _check_int("limit", limit, 1)
     return Integration(method, nodes, epsrel, epsabs, limit)
 

@@ -18,6 +18,17 @@ QUADPACK's ``qag`` bisects the subinterval of largest error estimate across the 
 3. until every example is within its tolerance, or its pieces have reached ``limit`` per segment,
    or those that have hold more error than the tolerance allows (the call then warns).
 
+Memory. A piece can be bisected only while the path points at its segment's ends and the
+gradients at its ends are kept: two input-sized rows per path point and path (0.6 MB each at
+224 x 224 x 3 in float32). They are kept on the CPU, within a budget (``set_refinement_memory``,
+4 GiB by default): where the rows would exceed it, during the walk or before a round, the
+pieces of least error relative to their example's tolerance are frozen, as they are, and the
+rows no open piece needs are freed, down to half the budget (during the walk) or to what the
+round needs. A frozen piece keeps its error: the other pieces are refined to the tolerance
+less that error (at least to a quarter of the tolerance), and the call warns where the sum
+stays above it. The rows of the paths' last point
+are always kept (the next segment starts there).
+
 The estimate. A piece [a, b] of a segment with direction d has the error vector e = |u| / 2,
 u = (b - a) (g(b) - g(a)) * d the right minus the left Riemann sum: the two bracket the
 integral, feature by feature, where g * d is monotone along the piece, so e bounds the
@@ -49,6 +60,58 @@ COVER = 4.0 / 3.0
 #: and at most this share of its squared error, so that a round takes the pieces of largest
 #: error, as ``qag`` takes one, and the next round sees what they left.
 ROUND = 0.5
+#: Where the pieces frozen for the budget hold most of an example's tolerance, the others are
+#: still refined to this share of it.
+FROZEN_GOAL = 0.25
+#: The default budget of the rows kept for refinement, in bytes (see the module docstring).
+REFINEMENT_MEMORY = 4 * 2**30
+_refinement_memory: int | None = REFINEMENT_MEMORY
+
+
+def set_refinement_memory(nbytes: int | None) -> int | None:
+    """Sets the most bytes of path points and gradients the complete trapezoid keeps for its
+    refinement after the walk (on the CPU; 4 GiB by default), and returns the previous setting.
+
+    The complete trapezoid (IG2's default rule) refines the pieces of largest error across all
+    segments once the walk has ended, and a piece can be refined only while the path points at
+    its ends and the output's gradients there are kept: two input-sized tensors per path point
+    and path, 0.6 MB each for a 224 x 224 RGB image in float32, so a call on 16 images with 8
+    walks of 50 steps would keep 8 GB. Within the budget, where the rows would exceed it, the
+    pieces of least error relative to their example's tolerance are frozen as they are and
+    their rows freed; the other pieces are refined further to make up for them, or the call
+    warns with :class:`~captum_ig2.ConvergenceWarning` (``path(...).map_error`` tells by how
+    much). A larger budget costs memory, a smaller one gradients or accuracy.
+
+    Args:
+        nbytes (int or None): The budget in bytes (at least 0), for every call made after
+                    this one, from any thread; None: unbounded, every row is kept until the
+                    walk ends.
+
+    Returns:
+        int or None: The previous budget.
+
+    Examples::
+
+        >>> import captum_ig2
+        >>> previous = captum_ig2.set_refinement_memory(16 * 2**30)  # a large host
+        >>> attributions = ig2.attribute(images, references, target=labels)
+        >>> captum_ig2.set_refinement_memory(previous)
+    """
+    global _refinement_memory
+    if nbytes is not None and (
+        isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0
+    ):
+        raise TypeError(
+            "`nbytes` must be a non-negative int (bytes) or None (unbounded), got "
+            f"{nbytes!r}."
+        )
+    previous, _refinement_memory = _refinement_memory, None if nbytes is None else int(nbytes)
+    return previous
+
+
+def refinement_memory() -> int | None:
+    """The budget of ``set_refinement_memory``, in bytes (None: unbounded)."""
+    return _refinement_memory
 
 
 def broadcast_rows(values: Tensor, like: Tensor) -> Tensor:
@@ -114,33 +177,60 @@ def map_norm(integral: tuple[Tensor, ...], group: int) -> Tensor:
 
 
 class _Rows:
-    """Rows of tensors appended block by block (where they are kept: ``device``) and gathered
-    by their ids, 0, 1, ... in the order they were added."""
+    """Rows of tensors appended block by block (where they are kept: ``device``), gathered by
+    their ids, 0, 1, ... in the order they were added, and freed row by row (``keep``)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._blocks: list[tuple[Tensor, ...]] = []
-        self._ends: list[int] = []
+        self._blocks: list[tuple[Tensor, ...] | None] = []
+        self._block = torch.empty(0, dtype=torch.long)  # every id's block (-1: freed)
+        self._local = torch.empty(0, dtype=torch.long)  # and its row there
+        self.nbytes = 0
 
     def add(self, rows: tuple[Tensor, ...]) -> Tensor:
-        first = self._ends[-1] if self._ends else 0
-        self._blocks.append(tuple(t.detach().to(self.device) for t in rows))
-        self._ends.append(first + rows[0].shape[0])
-        return torch.arange(first, self._ends[-1])
+        first, n = self._block.numel(), rows[0].shape[0]
+        block = tuple(t.detach().to(self.device) for t in rows)
+        self._blocks.append(block)
+        self._block = torch.cat([self._block, torch.full((n,), len(self._blocks) - 1)])
+        self._local = torch.cat([self._local, torch.arange(n)])
+        self.nbytes += sum(t.nbytes for t in block)
+        return torch.arange(first, first + n)
 
     def get(self, ids: Tensor, device: torch.device) -> tuple[Tensor, ...]:
-        ends = torch.tensor(self._ends)
-        block = torch.searchsorted(ends, ids, right=True)
+        block = self._block[ids]
+        assert bool((block >= 0).all()), "a freed row was asked for"
+        like = next(b for b in self._blocks if b is not None)
         out = tuple(
-            torch.empty((ids.numel(), *t.shape[1:]), dtype=t.dtype, device=device)
-            for t in self._blocks[0]
+            torch.empty((ids.numel(), *t.shape[1:]), dtype=t.dtype, device=device) for t in like
         )
         for b in block.unique().tolist():
             where = torch.nonzero(block == b).flatten()
-            local = ids[where] - (self._ends[b - 1] if b > 0 else 0)
-            for o, t in zip(out, self._blocks[b]):
-                o[where.to(device)] = t[local.to(t.device)].to(device)
+            rows = self._local[ids[where]]
+            source = self._blocks[b]
+            assert source is not None
+            for o, t in zip(out, source):
+                o[where.to(device)] = t[rows.to(t.device)].to(device)
         return out
+
+    def keep(self, ids: Tensor) -> None:
+        """Frees every row but ``ids``."""
+        alive = torch.zeros(self._block.numel(), dtype=torch.bool)
+        alive[ids] = True
+        for b, source in enumerate(self._blocks):
+            if source is None:
+                continue
+            members = torch.nonzero(self._block == b).flatten()
+            kept = members[alive[members]]
+            if kept.numel() == members.numel():
+                continue
+            self._block[members[~alive[members]]] = -1
+            if kept.numel() == 0:
+                self._blocks[b] = None
+                continue
+            rows = self._local[kept].to(source[0].device)
+            self._blocks[b] = tuple(t[rows] for t in source)  # a copy: the block is freed
+            self._local[kept] = torch.arange(kept.numel())
+        self.nbytes = sum(sum(t.nbytes for t in b) for b in self._blocks if b is not None)
 
 
 class GlobalRefinement:
@@ -156,6 +246,7 @@ class GlobalRefinement:
         local: the integral of the gradient alone (Captum's ``multiply_by_inputs=False``).
         store: where the path points and the gradients at them are kept until the walk ends:
             None: the CPU, so that the accelerator's memory stays that of the walk.
+        budget: the most bytes of rows kept (see the module docstring); None: unbounded.
     """
 
     def __init__(
@@ -167,6 +258,7 @@ class GlobalRefinement:
         chunk_size: int | None,
         local: bool,
         store: torch.device | None = None,
+        budget: int | None = None,
     ) -> None:
         self.tolerance = tolerance
         self.n_paths = n_paths
@@ -174,13 +266,15 @@ class GlobalRefinement:
         self.limit = limit
         self.chunk_size = n_paths if chunk_size is None else max(chunk_size, 1)
         self.local = local
+        self.budget = budget
         store = torch.device("cpu") if store is None else store
         self._x = _Rows(store)  # the path points, P rows per point
         self._g = _Rows(store)  # the output's gradient at path points and at pieces' middles
         self._ids_start: Tensor | None = None  # the rows of the last recorded segment's end
-        # the open pieces, one row each (CPU): path, segment, [lo, hi], the rows of the
-        # gradients at lo and hi, f there, the squared norm of the error estimate e, and how
-        # many paths of its example coincide along its segment
+        self._total: tuple[Tensor, ...] | None = None  # the level-0 integral of every path
+        # the open pieces, one row each (CPU): path, segment, the rows of the gradients at
+        # their ends, f there, the squared norm of the error estimate e, how many paths of its
+        # example coincide along its segment, and whether it is frozen (its rows freed)
         self._path: list[Tensor] = []
         self._segment: list[Tensor] = []
         self._g_lo: list[Tensor] = []
@@ -189,15 +283,36 @@ class GlobalRefinement:
         self._f_hi: list[Tensor] = []
         self._error2: list[Tensor] = []
         self._coinciding: list[Tensor] = []
+        self._frozen: list[Tensor] = []
         self._n_segments = 0
+        self.froze = 0  # how many pieces were frozen for the budget
 
-    def record(self, start: Point, end: Point, error2: Tensor, coinciding: Tensor) -> None:
-        """Keeps segment k (the next one) of every path, with its pieces' squared error
-        estimates ``error2`` (P,) and ``coinciding`` (P,), both float64 on the CPU."""
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the rows kept."""
+        return self._x.nbytes + self._g.nbytes
+
+    def record(
+        self,
+        start: Point,
+        end: Point,
+        integral: tuple[Tensor, ...],
+        error2: Tensor,
+        coinciding: Tensor,
+    ) -> None:
+        """Keeps segment k (the next one) of every path, with its level-0 ``integral`` and its
+        pieces' squared error estimates ``error2`` (P,) and ``coinciding`` (P,), both float64
+        on the CPU; within the budget, freezes the pieces of least error."""
         assert start.grad is not None and end.grad is not None
         if self._ids_start is None:
             self._x.add(start.x)
             self._ids_start = self._g.add(start.grad)
+        integral = tuple(t.detach() for t in integral)
+        if self._total is None:
+            self._total = tuple(t.clone() for t in integral)
+        else:
+            for acc, part in zip(self._total, integral):
+                acc.add_(part)
         self._x.add(end.x)
         ids_end = self._g.add(end.grad)
         self._path.append(torch.arange(self.n_paths))
@@ -208,8 +323,81 @@ class GlobalRefinement:
         self._f_hi.append(end.value.detach().double().cpu())
         self._error2.append(error2)
         self._coinciding.append(coinciding)
+        self._frozen.append(torch.zeros(self.n_paths, dtype=torch.bool))
         self._ids_start = ids_end
         self._n_segments += 1
+        if self.budget is not None and self.nbytes > self.budget:
+            lists = (
+                self._path, self._segment, self._g_lo, self._g_hi, self._f_lo, self._f_hi,
+                self._error2, self._coinciding, self._frozen,
+            )  # fmt: skip
+            for rows in lists:
+                rows[:] = [torch.cat(rows)]
+            path, segment, g_lo, g_hi = (rows[0] for rows in lists[:4])
+            weight = (self._error2[0] * self._coinciding[0]).numpy()
+            importance = self._importance(weight, path, self._total)
+            last = torch.arange(self.n_paths) + self._n_segments * self.n_paths
+            frozen, _ = self._fit(
+                path, segment, g_lo, g_hi, self._frozen[0].numpy(), importance,
+                np.zeros(path.numel(), dtype=bool), self.budget // 2, (last, ids_end),
+            )  # fmt: skip
+            self._frozen[0] = torch.from_numpy(frozen)
+
+    def _importance(
+        self, weight: np.ndarray, path: Tensor, total: tuple[Tensor, ...]
+    ) -> np.ndarray:
+        """Every piece's squared error over its example's squared tolerance."""
+        target = ((self.tolerance * map_norm(total, self.group) * self.group) ** 2).numpy()
+        return weight / np.maximum(target[(path // self.group).numpy()], np.finfo(float).tiny)
+
+    def _fit(
+        self,
+        path: Tensor,
+        segment: Tensor,
+        g_lo: Tensor,
+        g_hi: Tensor,
+        frozen: np.ndarray,
+        importance: np.ndarray,
+        chosen: np.ndarray,
+        room: int,
+        kept: tuple[Tensor, Tensor] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Freezes the open pieces of least ``importance`` (the ``chosen`` ones, about to be
+        bisected, last) until the rows the others need, the rows ``kept`` (of the path points
+        and of the gradients) and a gradient row per chosen piece fit in ``room`` bytes; frees
+        the rest. Returns the pieces frozen and those still chosen."""
+        x_bytes = self._x.nbytes // max(int((self._x._block >= 0).sum()), 1)
+        g_bytes = self._g.nbytes // max(int((self._g._block >= 0).sum()), 1)
+        open_ = np.nonzero(~frozen)[0]
+        order = open_[np.lexsort((-importance[open_], ~chosen[open_]))]
+        n = self.n_paths
+        p, k = path.numpy()[order], segment.numpy()[order]
+        shift = self._x._block.numel()  # gradient rows after the path points' ids
+        ids = np.stack([k * n + p, (k + 1) * n + p, g_lo.numpy()[order] + shift,
+                        g_hi.numpy()[order] + shift], axis=1)  # fmt: skip
+        fixed = 0
+        first = np.zeros(ids.shape, dtype=bool)
+        _, index = np.unique(ids.ravel(), return_index=True)
+        first.ravel()[index] = True
+        if kept is not None:  # always kept, paid for first
+            x_kept, g_kept = kept[0].numpy(), kept[1].numpy() + shift
+            first &= ~np.isin(ids, np.concatenate([x_kept, g_kept]))
+            fixed = x_kept.size * x_bytes + g_kept.size * g_bytes
+        cost = first[:, :2].sum(axis=1) * x_bytes + first[:, 2:].sum(axis=1) * g_bytes
+        cost = cost + np.where(chosen[order], g_bytes, 0)
+        fits = fixed + np.cumsum(cost) <= room
+        frozen = frozen.copy()
+        frozen[order[~fits]] = True
+        self.froze += int((~fits).sum())
+        chosen = chosen & ~frozen
+        alive = ids[fits]
+        x_ids, g_ids = alive[:, :2].ravel(), alive[:, 2:].ravel() - shift
+        if kept is not None:
+            x_ids = np.concatenate([x_ids, kept[0].numpy()])
+            g_ids = np.concatenate([g_ids, kept[1].numpy()])
+        self._x.keep(torch.from_numpy(x_ids))
+        self._g.keep(torch.from_numpy(g_ids))
+        return frozen, chosen
 
     def refine(
         self, total: tuple[Tensor, ...], evaluate: Evaluate, progress: Callable[[], None] | None
@@ -224,6 +412,7 @@ class GlobalRefinement:
         g_lo, g_hi = torch.cat(self._g_lo), torch.cat(self._g_hi)
         f_lo, f_hi = torch.cat(self._f_lo), torch.cat(self._f_hi)
         error2, coinciding = torch.cat(self._error2), torch.cat(self._coinciding)
+        frozen = torch.cat(self._frozen).numpy()
         depth = torch.zeros(path.numel(), dtype=torch.long)  # bisections above every piece
         max_depth = int(np.floor(np.log2(max(self.limit, 1))))
         change = tuple(torch.zeros_like(t) for t in total)
@@ -235,16 +424,32 @@ class GlobalRefinement:
             weight = (error2 * coinciding).numpy()
             example = (path // self.group).numpy()
             estimate = np.bincount(example, weight, minlength=n_examples)
-            excess = estimate - target.numpy()
-            room = (depth < max_depth).numpy()
-            # where the pieces that may not be bisected any more hold the tolerance's worth
-            # already, no bisection can meet it: the call warns, and spends nothing more there
-            stuck = np.bincount(example, np.where(room, 0.0, weight), minlength=n_examples)
-            excess = np.where(stuck >= target.numpy(), 0.0, excess)
+            at_limit = (depth >= max_depth).numpy()
+            room = ~at_limit & ~frozen
+            # The pieces frozen for the budget keep their error: the others are refined to
+            # the tolerance less that error, but at least to a quarter of the tolerance (which
+            # bounds the cost; the call then warns).
+            held = np.bincount(example, np.where(frozen, weight, 0.0), minlength=n_examples)
+            goal = np.maximum(target.numpy() - held, FROZEN_GOAL * target.numpy())
+            excess = estimate - held - goal
+            # where the pieces at ``limit`` hold the goal's worth already, no bisection can
+            # meet it: the call warns, and spends nothing more there
+            stuck = np.bincount(
+                example, np.where(at_limit & ~frozen, weight, 0.0), minlength=n_examples
+            )
+            excess = np.where(stuck >= goal, 0.0, excess)
             cover = np.minimum(COVER * excess, ROUND * estimate)
             chosen = _largest(np.where(room, weight, 0.0), example, cover)
             if not chosen.any():
                 break
+            g_bytes = self._g.nbytes // max(int((self._g._block >= 0).sum()), 1)
+            if self.budget is not None and self.nbytes + chosen.sum() * g_bytes > self.budget:
+                importance = weight / np.maximum(target.numpy()[example], np.finfo(float).tiny)
+                frozen, chosen = self._fit(
+                    path, segment, g_lo, g_hi, frozen, importance, chosen, self.budget, None
+                )
+                if not chosen.any():
+                    continue  # the frozen pieces now tell where bisection cannot help
             parent = torch.from_numpy(np.nonzero(chosen)[0])
             children = self._bisect(
                 parent, path, segment, lo, hi, g_lo, g_hi, f_lo, f_hi, change, evaluate
@@ -270,6 +475,7 @@ class GlobalRefinement:
             error2[parent] = e1
             error2 = torch.cat([error2, e2])
             coinciding = torch.cat([coinciding, coinciding[parent]])
+            frozen = np.concatenate([frozen, frozen[parent.numpy()]])
             depth[parent] += 1
             depth = torch.cat([depth, depth[parent]])
             if progress is not None:

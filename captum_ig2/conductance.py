@@ -55,6 +55,11 @@ with warnings.catch_warnings():
     except ImportError:  # other torch versions: nothing to preload
         pass
 
+#: Rules that split a piece's residual over the input's features: no decomposition at a layer.
+UNDECOMPOSABLE = ("idgi", "complete_trapezoid")
+#: The rule a path method's undecomposable default is replaced with.
+CONDUCTANCE_METHOD = "gausslegendre"
+
 
 def _format_region(region: Any, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
     """``region`` as one mask per input tensor, broadcastable to its (N, *F) shape."""
@@ -241,7 +246,8 @@ class LayerPathConductance(LayerAttribution):
                         internal_batch_size, step_size, clamp, fraction, max_dist, ...).
                         ``method="complete_trapezoid"`` and ``"idgi"`` split residuals over
                         the input's features, which has no counterpart at a layer, and are
-                        refused.
+                        refused; where the path method's default is one of them (IG2's), the
+                        default here is ``"gausslegendre"``, refined by residuals.
 
         Returns:
             **conductance** or 2-element tuple of **conductance**, **delta**: conductance of
@@ -251,7 +257,7 @@ class LayerPathConductance(LayerAttribution):
         compute_args = self._path_arguments(path_kwargs)
         formatted = _format_tensor_into_tuples(inputs)
         masks = _format_region(region, formatted)
-        if compute_args["method"] in ("idgi", "complete_trapezoid"):
+        if compute_args["method"] in UNDECOMPOSABLE:
             raise ValueError(
                 f"`method={compute_args['method']!r}` splits output changes over the input's "
                 "features, so it has no decomposition over the neurons of a layer: use one of "
@@ -326,5 +332,9 @@ class LayerPathConductance(LayerAttribution):
             for name, p in parameters.items()
             if name in allowed and p.default is not inspect.Parameter.empty
         }
+        if arguments.get("method") in UNDECOMPOSABLE:
+            # IG2's default, the complete trapezoid, has no decomposition at a layer: the
+            # earlier default, Gauss-Legendre nodes refined by residuals, takes its place
+            arguments["method"] = CONDUCTANCE_METHOD
         arguments.update(path_kwargs)
         return arguments

@@ -14,7 +14,6 @@ from torch import Tensor
 from captum_ig2._attribution import (
     EPSREL,
     GUIDED_IG_METHOD,
-    LIMIT,
     AttributionPath,
     PathAttribution,
     document_quadrature,
@@ -93,7 +92,7 @@ class GuidedIG(PathAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
@@ -113,7 +112,7 @@ class GuidedIG(PathAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
@@ -134,7 +133,7 @@ class GuidedIG(PathAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""
@@ -195,7 +194,7 @@ class GuidedIG(PathAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
         keep_points: bool = True,
     ) -> AttributionPath[TensorOrTupleOfTensorsGeneric]:

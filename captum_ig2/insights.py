@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD, LIMIT
-from captum_ig2._quadrature import METHODS
+from captum_ig2._attribution import EPSREL, GUIDED_IG_METHOD, IG2_METHOD
+from captum_ig2._quadrature import DEFAULT_LIMIT, METHODS
 from captum_ig2.guided_ig import GuidedIG
 from captum_ig2.ig2 import IterativeGradientIG
 
@@ -111,7 +111,7 @@ def register() -> None:
             "method": choice(value=method, limit=list(METHODS)),
             "nodes": text(value="auto"),
             "epsrel": text(value=str(EPSREL)),
-            "limit": number(value=LIMIT, limit=(1, None)),
+            "limit": number(value=DEFAULT_LIMIT[method], limit=(1, None)),
         }
 
     read_quadrature = {"nodes": _nodes, "epsrel": _epsrel, "limit": int}

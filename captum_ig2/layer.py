@@ -26,7 +26,6 @@ from captum_ig2._attribution import (
     EPSREL,
     GUIDED_IG_METHOD,
     IG2_METHOD,
-    LIMIT,
     N_WALKS,
     PathModel,
 )
@@ -287,7 +286,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
         n_walks: int = N_WALKS,
         walk: str = "adaptive",
@@ -311,7 +310,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
         n_walks: int = N_WALKS,
         walk: str = "adaptive",
@@ -335,7 +334,7 @@ class LayerIterativeGradientIG(_LayerPaths, IterativeGradientIG, LayerAttributio
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
         n_walks: int = N_WALKS,
         walk: str = "adaptive",
@@ -428,7 +427,7 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> tuple[LayerAttributions, Tensor]: ...
 
@@ -450,7 +449,7 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> LayerAttributions: ...
 
@@ -472,7 +471,7 @@ class LayerGuidedIG(_LayerPaths, GuidedIG, LayerAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> LayerAttributions | tuple[LayerAttributions, Tensor]:
         r"""

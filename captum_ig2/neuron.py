@@ -25,7 +25,6 @@ from captum_ig2._attribution import (
     EPSREL,
     GUIDED_IG_METHOD,
     IG2_METHOD,
-    LIMIT,
     N_WALKS,
     PathModel,
 )
@@ -214,7 +213,7 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
         n_walks: int = N_WALKS,
         walk: str = "adaptive",
@@ -237,7 +236,7 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
         n_walks: int = N_WALKS,
         walk: str = "adaptive",
@@ -260,7 +259,7 @@ class NeuronIterativeGradientIG(_NeuronPaths, IterativeGradientIG, NeuronAttribu
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
         n_walks: int = N_WALKS,
         walk: str = "adaptive",
@@ -344,7 +343,7 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> tuple[TensorOrTupleOfTensorsGeneric, Tensor]: ...
 
@@ -365,7 +364,7 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric: ...
 
@@ -386,7 +385,7 @@ class NeuronGuidedIG(_NeuronPaths, GuidedIG, NeuronAttribution):
         nodes: int | None = None,
         epsrel: float | None = EPSREL,
         epsabs: float = 0.0,
-        limit: int = LIMIT,
+        limit: int | None = None,
         show_progress: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric | tuple[TensorOrTupleOfTensorsGeneric, Tensor]:
         r"""

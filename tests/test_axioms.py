@@ -83,8 +83,12 @@ def test_implementation_invariance(name: str, mlp: nn.Sequential) -> None:
     torch.testing.assert_close(a, b)
 
 
-def test_ig2_is_linear_in_the_explained_output(mlp: nn.Sequential) -> None:
-    # The GradPath follows the representation, not the explained output, so IG2 is linear in f.
+@pytest.mark.parametrize("rule", ["fixed", "default"])
+def test_ig2_is_linear_in_the_explained_output(mlp: nn.Sequential, rule: str) -> None:
+    # The GradPath follows the representation, not the explained output, so IG2 with a fixed
+    # rule is linear in f. The default, the complete trapezoid, splits every piece's residual
+    # in proportion to its own error estimate and refines where f's error is: linear within
+    # the map's tolerance.
     x = torch.rand(3, 6, dtype=torch.float64)
     refs = torch.rand(2, 6, dtype=torch.float64)
     layer = mlp[1]
@@ -93,11 +97,19 @@ def test_ig2_is_linear_in_the_explained_output(mlp: nn.Sequential) -> None:
         out = mlp(t)
         return 2.0 * out[:, 0] - 3.0 * out[:, 2]
 
-    kwargs = dict(baselines=refs, n_steps=15)
+    kwargs: dict = dict(baselines=refs, n_steps=15)  # type: ignore[type-arg]
+    if rule == "fixed":
+        kwargs.update(method="gausslegendre", nodes=8, epsrel=None)
     a0 = IterativeGradientIG(mlp, layer).attribute(x, target=0, **kwargs)
     a2 = IterativeGradientIG(mlp, layer).attribute(x, target=2, **kwargs)
     both_ = IterativeGradientIG(combo, layer).attribute(x, **kwargs)
-    torch.testing.assert_close(both_, 2.0 * a0 - 3.0 * a2)
+    linear = 2.0 * a0 - 3.0 * a2
+    if rule == "fixed":
+        torch.testing.assert_close(both_, linear)
+    else:
+        error = (both_ - linear).norm(dim=1) / linear.norm(dim=1)
+        assert (error <= 0.02**0.5).all()
+        assert not torch.allclose(both_, linear, rtol=1e-9, atol=0)  # not exactly linear
 
 
 def test_guided_ig_is_linear_in_the_explained_output_on_the_straight_line(mlp) -> None:  # type: ignore[no-untyped-def]

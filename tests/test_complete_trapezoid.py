@@ -11,7 +11,7 @@ import torch
 from test_quadrature import Separable, closed_form, deep_relu_net, run
 from torch import nn
 
-from captum_ig2 import ConvergenceWarning, GuidedIG, IterativeGradientIG
+from captum_ig2 import ConvergenceWarning, GuidedIG, IterativeGradientIG, set_refinement_memory
 
 both = pytest.mark.parametrize("name", ["ig2", "guided_ig"])
 
@@ -25,14 +25,18 @@ def fine_integral(name: str, model: nn.Module, x: torch.Tensor, **kwargs):  # ty
     return run(name, model, x, method="gausslegendre", nodes=64, epsrel=None, **kwargs)
 
 
-def test_igs_default_rule_is_gauss_legendre_without_a_map_error() -> None:
-    # The complete trapezoid is chosen explicitly; the defaults keep their completeness rule.
+def test_ig2s_default_rule_is_the_complete_trapezoid_with_a_map_error() -> None:
+    # IG2's default reports the map's estimated error; Guided IG's default and IG2's other
+    # rules keep their completeness tolerance and report none.
     model = deep_relu_net()
     x = torch.rand(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     default = run("ig2", model, x)
-    assert default.map_error is None and default.map_tolerance is None
-    chosen = run("ig2", model, x, method="complete_trapezoid")
-    assert chosen.map_error is not None and chosen.map_tolerance == pytest.approx(0.02**0.5)
+    assert default.map_error is not None and default.map_tolerance == pytest.approx(0.02**0.5)
+    assert (default.map_error <= default.map_tolerance).all()
+    chosen = run("ig2", model, x, method="gausslegendre")
+    assert chosen.map_error is None and chosen.map_tolerance is None
+    guided = run("guided_ig", model, x)
+    assert guided.map_error is None and guided.map_tolerance is None
 
 
 @both
@@ -245,3 +249,65 @@ def test_refinement_goes_where_the_error_is_across_paths_and_segments() -> None:
         assert evaluations[0] == 0 and error2[0] == 0 and real[0] < 1e-12
         assert evaluations[1] > 0 and real[1] <= estimated[1] <= epsrel**0.5
     assert (attribution[1] - exact[1]).norm() < (coarse[1] - exact[1]).norm() / 2
+
+
+def _ig2_within(budget: int | None):  # type: ignore[no-untyped-def]
+    """IG2's default on the deep ReLU net (4 examples, 3 references, 8 walks, 10 steps: 96 paths
+    of 16 float64, 24.6 kB of rows per path point, 270 kB unbounded) within ``budget``."""
+    model = deep_relu_net(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 16, dtype=torch.float64, generator=g)
+    refs = torch.rand(3, 16, dtype=torch.float64, generator=g)
+    ig2 = IterativeGradientIG(model)
+    previous = set_refinement_memory(budget)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            path = ig2.path(x, refs, target=0, n_steps=10)
+    finally:
+        set_refinement_memory(previous)
+    fine = ig2.path(x, refs, target=0, n_steps=10, method="gausslegendre", nodes=64, epsrel=None)
+    warned = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    return path, relative_error(path.attributions, fine.attributions), warned
+
+
+def test_a_budget_that_holds_every_row_changes_nothing() -> None:
+    unbounded, error, warned = _ig2_within(None)
+    assert not warned and unbounded.converged.all()
+    assert (error <= unbounded.map_error).all()  # the estimate is honest
+    within, _, _ = _ig2_within(10**6)
+    torch.testing.assert_close(within.attributions, unbounded.attributions, rtol=0, atol=0)
+    torch.testing.assert_close(within.evaluations, unbounded.evaluations)
+
+
+@pytest.mark.parametrize("budget", [150_000, 80_000, 0])
+def test_a_small_budget_freezes_pieces_honestly_and_warns(budget: int) -> None:
+    # Rows freed during the walk freeze the pieces of least error relative to their example's
+    # tolerance: the refinement cannot reach them, the map error estimate keeps their error
+    # (still an upper bound of the real error), the attributions stay complete, and the call
+    # warns where the estimate ends above the tolerance.
+    unbounded, _, _ = _ig2_within(None)
+    path, error, warned = _ig2_within(budget)
+    assert path.map_error is not None and unbounded.map_error is not None
+    assert (error <= path.map_error).all()
+    torch.testing.assert_close(path.delta, torch.zeros_like(path.delta), atol=1e-12, rtol=0)
+    beyond = path.map_error > path.map_tolerance
+    assert beyond.any() and warned  # this example needs refinement the budget cannot hold
+    assert f"{int(beyond.sum())} of 4 examples" in str(warned[0].message)
+    assert (path.map_error >= unbounded.map_error - 1e-12).all()
+
+
+def test_set_refinement_memory_checks_its_argument_and_returns_the_previous() -> None:
+    from captum_ig2._refine import REFINEMENT_MEMORY, refinement_memory
+
+    assert refinement_memory() == REFINEMENT_MEMORY == 4 * 2**30  # the documented default
+    for bad in (-1, 1.5, "4G", True):
+        with pytest.raises(TypeError, match="`nbytes` must be a non-negative int"):
+            set_refinement_memory(bad)  # type: ignore[arg-type]
+    assert refinement_memory() == REFINEMENT_MEMORY  # unchanged by a refused value
+    previous = set_refinement_memory(2**20)
+    try:
+        assert previous == REFINEMENT_MEMORY and refinement_memory() == 2**20
+    finally:
+        assert set_refinement_memory(previous) == 2**20
+    assert refinement_memory() == REFINEMENT_MEMORY

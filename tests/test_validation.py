@@ -31,7 +31,7 @@ def x() -> torch.Tensor:
         (dict(epsrel="1%"), TypeError, "epsrel"),
         (dict(epsabs=float("inf")), ValueError, "epsabs"),
         (dict(limit=0), ValueError, "limit"),
-        (dict(limit=None), TypeError, "limit"),
+        (dict(limit=2.5), TypeError, "limit"),
         (dict(internal_batch_size=0), ValueError, "internal_batch_size"),
         (dict(baselines=torch.rand(3, 5, dtype=torch.float64)), ValueError, "baselines"),
         (dict(baselines=torch.rand(2, 3, 7, dtype=torch.float64)), ValueError, "baselines"),
@@ -131,3 +131,15 @@ def test_ig2_representation_layer_never_reached(x) -> None:  # type: ignore[no-u
     model = nn.Sequential(nn.Linear(6, 3)).double()
     with pytest.raises(ValueError, match="representation_layer"):
         IterativeGradientIG(model, representation_layer=nn.ReLU()).attribute(x, target=0)
+
+
+def test_limit_none_takes_the_rules_own_default() -> None:
+    # The complete trapezoid bisects where the map's error is, so it gets a deeper budget.
+    from captum_ig2._common import check_integration
+    from captum_ig2._quadrature import DEFAULT_LIMIT
+
+    assert DEFAULT_LIMIT["complete_trapezoid"] == 32
+    assert check_integration("complete_trapezoid", None, 0.02, 0.0, None).limit == 32
+    for method in ("gausslegendre", "riemann_trapezoid", "riemann_left", "idgi"):
+        assert check_integration(method, None, 0.02, 0.0, None).limit == DEFAULT_LIMIT[method] == 8
+    assert check_integration("complete_trapezoid", None, 0.02, 0.0, 4).limit == 4
