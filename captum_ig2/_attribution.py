@@ -37,7 +37,7 @@ from captum_ig2._refine import map_norm
 #: after the walk across all segments of all paths by the map's estimated error, and complete
 #: by construction (``_refine``). On EfficientNet-Lite0 crops it gave maps of cosine >= 0.99 to
 #: 32 Gauss-Legendre nodes per segment for 1.0-1.1x the gradients Captum's IG needs for 2 % at
-#: 112 px (2.1-2.3x at 224 px, where the 8 walks alone cost 1.6x), 5-7x fewer than
+#: 112 px (2.1-2.3x at 224 px, where the 8 walks alone cost 1.6x), 7x fewer at 112 px than
 #: Gauss-Legendre with 5 nodes, refined by residuals, the earlier default (docs/benchmarks.md,
 #: "The complete trapezoid"). Guided IG's step takes the output's gradient at every path point
 #: anyway, and the trapezoid with its 2 nodes there reuses it, refined by bisection: the
@@ -111,9 +111,9 @@ QUADRATURE_DOC = """\
 
 
 _WHY = {
-    "ig2": "refined by the map's estimated error: on EfficientNet-Lite0 crops 5-7x fewer "
-    "gradients than Gauss-Legendre nodes refined by residuals, for maps of cosine >= 0.99 to "
-    "32 nodes per segment",
+    "ig2": "refined by the map's estimated error: on EfficientNet-Lite0 crops at 112 px 7x "
+    "fewer gradients than Gauss-Legendre nodes refined by residuals, for maps of cosine >= "
+    "0.99 to 32 nodes per segment",
     "guided_ig": "with 2 nodes, the path points: it reuses the output's gradient that every "
     "guided step takes",
 }
@@ -450,7 +450,12 @@ def finish(
         if integration.map_tolerance is not None:
             beyond = ~(map_error <= integration.map_tolerance)
             if bool(beyond.any()):
-                _warn_map_error(name, map_error, beyond, integration)
+                held = None
+                if result.held2 is not None:  # the budget's share of the squared error
+                    total = result.error2.double().cpu().reshape(n, r).sum(dim=1)
+                    kept = result.held2.double().cpu().reshape(n, r).sum(dim=1)
+                    held = torch.where(total > 0, kept / torch.where(total > 0, total, 1.0), 0.0)
+                _warn_map_error(name, map_error, beyond, integration, held)
     stability = None
     if walks > 1:
         stability = walk_stability(result.integral, n, r // walks, walks)
@@ -621,17 +626,31 @@ def _warn_not_converged(
 
 
 def _warn_map_error(
-    name: str, map_error: Tensor, beyond: Tensor, integration: Integration
+    name: str, map_error: Tensor, beyond: Tensor, integration: Integration, held: Tensor | None
 ) -> None:
+    """``held``: per example, the share of its estimated squared map error in pieces the
+    refinement's memory budget left unrefined."""
+    from captum_ig2._refine import refinement_memory
+
     worst = int(torch.argmax(torch.where(beyond, map_error, -1.0)))
+    advice = (
+        f"Raise `limit` (now {integration.limit}), e.g. limit={8 * integration.limit}, to let "
+        "pieces be bisected further, or loosen `epsrel`."
+    )
+    if held is not None and bool((held[beyond] > 0.5).any()):
+        budget = refinement_memory()
+        advice = (
+            f"Most of the error of {int((held[beyond] > 0.5).sum())} of them is in pieces left "
+            "unrefined because the path points and gradients they need did not fit in the "
+            f"refinement's memory budget (now {budget} bytes): raise it with "
+            "captum_ig2.set_refinement_memory(nbytes), or attribute fewer examples per call."
+        )
     warnings.warn(
         f"{name}: the attributions of {int(beyond.sum())} of {map_error.numel()} examples are "
         f"complete by construction (method='complete_trapezoid'), but their estimated map error "
         f"exceeds its tolerance sqrt(epsrel) = {integration.map_tolerance:.3g}; the worst, example "
-        f"{worst}, is {float(map_error[worst]):.1%} of the map's norm. Raise `limit` (now "
-        f"{integration.limit}), e.g. limit={8 * integration.limit}, to let pieces be bisected "
-        "further, or loosen `epsrel`. `path(...)` reports every example's `map_error` and "
-        "gradient evaluations.",
+        f"{worst}, is {float(map_error[worst]):.1%} of the map's norm. {advice} `path(...)` "
+        "reports every example's `map_error` and gradient evaluations.",
         ConvergenceWarning,
         stacklevel=caller_stacklevel(),
     )

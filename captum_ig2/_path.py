@@ -81,6 +81,8 @@ class PathIntegral:
             (they cost no memory beyond the walk's own).
         error2: for the complete trapezoid, the estimated squared error of the integral (summed
             over features and pieces), shape (P,), float64 on the CPU; None for other rules.
+        held2: the part of ``error2`` in pieces the refinement's memory budget kept from
+            being refined, shape (P,); None where there was no refinement.
     """
 
     integral: tuple[Tensor, ...]
@@ -93,6 +95,7 @@ class PathIntegral:
     outputs: Tensor | None = None
     ends: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
     error2: Tensor | None = None
+    held2: Tensor | None = None
 
 
 class _FullFloat32:
@@ -546,6 +549,7 @@ def integrate_path(
     residual = torch.zeros(0)
     evaluations = torch.zeros(n_paths, dtype=torch.long)
     error2: Tensor | None = None
+    held: Tensor | None = None
     points: list[tuple[Tensor, ...]] = []
     outputs: list[Tensor] = []
     previous: Point | None = None
@@ -619,7 +623,7 @@ def integrate_path(
         assert quadrature is not None
         refined = quadrature.refine(total, node_evaluate, None)
         if refined is not None:  # the complete trapezoid, refined across all segments
-            change, more, error2 = refined
+            change, more, error2, held = refined
             for acc, part in zip(total, change):
                 acc.add_(part)
             evaluations += more
@@ -637,4 +641,5 @@ def integrate_path(
         outputs=torch.stack(outputs) if record else None,
         ends=(tuple(t.detach() for t in start), x),
         error2=error2,
+        held2=held,
     )

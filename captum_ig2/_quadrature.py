@@ -313,11 +313,12 @@ class Quadrature:
 
     def refine(
         self, total: tuple[Tensor, ...], evaluate: Evaluate, progress: Callable[[], None] | None
-    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor] | None:
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor] | None:
         """After the last segment: the complete trapezoid's globally adaptive refinement of
         the paths whose integrals are ``total`` (see ``_refine``), as the change of every path's
-        integral, the evaluations it took, and every path's estimated squared error; None for
-        the other rules, and without a tolerance."""
+        integral, the evaluations it took, every path's estimated squared error and the part
+        of it the memory budget kept from refinement; None for the other rules, and without
+        a tolerance."""
         if self._refinement is None:
             return None
         refinement, self._refinement = self._refinement, None  # what it keeps is freed after

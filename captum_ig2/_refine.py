@@ -43,6 +43,9 @@ first-order error, and it understated a deep ReLU network's real error 3-4x.
 
 from __future__ import annotations
 
+import math
+import numbers
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -66,6 +69,7 @@ FROZEN_GOAL = 0.25
 #: The default budget of the rows kept for refinement, in bytes (see the module docstring).
 REFINEMENT_MEMORY = 4 * 2**30
 _refinement_memory: int | None = REFINEMENT_MEMORY
+_setting = threading.Lock()
 
 
 def set_refinement_memory(nbytes: int | None) -> int | None:
@@ -76,16 +80,18 @@ def set_refinement_memory(nbytes: int | None) -> int | None:
     segments once the walk has ended, and a piece can be refined only while the path points at
     its ends and the output's gradients there are kept: two input-sized tensors per path point
     and path, 0.6 MB each for a 224 x 224 RGB image in float32, so a call on 16 images with 8
-    walks of 50 steps would keep 8 GB. Within the budget, where the rows would exceed it, the
-    pieces of least error relative to their example's tolerance are frozen as they are and
-    their rows freed; the other pieces are refined further to make up for them, or the call
-    warns with :class:`~captum_ig2.ConvergenceWarning` (``path(...).map_error`` tells by how
-    much). A larger budget costs memory, a smaller one gradients or accuracy.
+    walks of 50 steps would keep 8 GB. Where they would exceed the budget, the pieces of least
+    error relative to their example's tolerance are left as they are and what they keep is
+    freed; the other pieces are refined further to make up for them, or the call warns with
+    :class:`~captum_ig2.ConvergenceWarning`, naming the budget where it stopped the refinement
+    (``path(...).map_error`` tells by how much). A larger budget costs memory, a smaller one
+    accuracy.
 
     Args:
-        nbytes (int or None): The budget in bytes (at least 0), for every call made after
-                    this one, from any thread; None: unbounded, every row is kept until the
-                    walk ends.
+        nbytes (int, float or None): The budget in bytes (at least 0; a float is rounded
+                    down), a setting of the process: it holds for every call that starts after
+                    this one, in any thread (a call keeps the budget it started with); None:
+                    unbounded, everything is kept until the walk ends.
 
     Returns:
         int or None: The previous budget.
@@ -98,14 +104,20 @@ def set_refinement_memory(nbytes: int | None) -> int | None:
         >>> captum_ig2.set_refinement_memory(previous)
     """
     global _refinement_memory
-    if nbytes is not None and (
-        isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0
-    ):
-        raise TypeError(
-            "`nbytes` must be a non-negative int (bytes) or None (unbounded), got "
-            f"{nbytes!r}."
-        )
-    previous, _refinement_memory = _refinement_memory, None if nbytes is None else int(nbytes)
+    if nbytes is not None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Real):
+            raise TypeError(
+                "`nbytes` must be a number of bytes (e.g. 4 * 2**30 or 4e9) or None "
+                f"(unbounded), got {type(nbytes).__name__} {nbytes!r}."
+            )
+        if not (math.isfinite(nbytes) and nbytes >= 0):
+            raise ValueError(
+                "`nbytes` must be a finite number of bytes >= 0, or None (unbounded), got "
+                f"{nbytes!r}."
+            )
+        nbytes = int(nbytes)
+    with _setting:
+        previous, _refinement_memory = _refinement_memory, nbytes
     return previous
 
 
@@ -401,11 +413,12 @@ class GlobalRefinement:
 
     def refine(
         self, total: tuple[Tensor, ...], evaluate: Evaluate, progress: Callable[[], None] | None
-    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor]:
         """Refines the paths whose integrals so far are ``total`` (P rows, the level-0 complete
         trapezoid of every segment): the change of every path's integral, the gradient
-        evaluations it took per path (P,), and every path's estimated squared error (P,), each
-        piece's counted once for every path that coincides with its own."""
+        evaluations it took per path (P,), every path's estimated squared error (P,), each
+        piece's counted once for every path that coincides with its own, and the part of it in
+        pieces frozen for the budget (P,)."""
         path, segment = torch.cat(self._path), torch.cat(self._segment)
         lo = torch.zeros(path.numel(), dtype=torch.float64)
         hi = torch.ones(path.numel(), dtype=torch.float64)
@@ -482,7 +495,9 @@ class GlobalRefinement:
                 progress()
         per_path = torch.zeros(self.n_paths, dtype=torch.float64)
         per_path.index_add_(0, path, error2 * coinciding)
-        return change, evaluations, per_path
+        held = torch.zeros(self.n_paths, dtype=torch.float64)
+        held.index_add_(0, path, error2 * coinciding * torch.from_numpy(frozen))
+        return change, evaluations, per_path, held
 
     def _bisect(
         self,

@@ -164,9 +164,11 @@ class LayerPathConductance(LayerAttribution):
     how much of the method's input attribution flows through each neuron, optionally for an
     input region only ("which neurons make up this region of the attribution map").
 
-    Summed over the layer's neurons, the conductance equals the method's attribution summed
-    over the region (exactly, up to floating point, when every path from the input to the
-    output goes through the layer). It is computed along the same path as the method's
+    Summed over the layer's neurons, the conductance equals the method's attribution with the
+    same quadrature rule summed over the region (exactly, up to floating point, when every path
+    from the input to the output goes through the layer). IG2's default rule has no such
+    split, so here IG2 takes ``method="gausslegendre"`` by default: compare with
+    ``attribute(..., method="gausslegendre")``. It is computed along the same path as the method's
     attribution, with one forward-mode product per path point for all neurons at once.
 
     Examples::

@@ -224,7 +224,8 @@ def _refine_polylines(points: torch.Tensor, epsrel: float, group: int = 1, limit
     refined = quadrature.refine((total,), evaluate, None)
     if refined is None:  # no refinement (limit=1)
         return total, torch.zeros(n_paths, dtype=torch.long), error2
-    change, evaluations, error2 = refined
+    change, evaluations, error2, held = refined
+    assert (held == 0).all()  # without a memory budget, every piece may be refined
     return total + change[0], evaluations, error2
 
 
@@ -293,21 +294,40 @@ def test_a_small_budget_freezes_pieces_honestly_and_warns(budget: int) -> None:
     torch.testing.assert_close(path.delta, torch.zeros_like(path.delta), atol=1e-12, rtol=0)
     beyond = path.map_error > path.map_tolerance
     assert beyond.any() and warned  # this example needs refinement the budget cannot hold
-    assert f"{int(beyond.sum())} of 4 examples" in str(warned[0].message)
+    message = str(warned[0].message)
+    assert f"{int(beyond.sum())} of 4 examples" in message
     assert (path.map_error >= unbounded.map_error - 1e-12).all()
+    if budget == 0:  # nothing could be refined: the warning names the budget, not `limit`
+        assert "captum_ig2.set_refinement_memory(nbytes)" in message
+        assert "(now 0 bytes)" in message and "Raise `limit`" not in message
+
+
+def test_a_warning_without_the_budget_in_the_way_names_limit() -> None:
+    model = deep_relu_net(0)
+    x = torch.rand(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(ConvergenceWarning) as record:
+        run("ig2", model, x, n_steps=10, epsrel=1e-4, limit=2)
+    message = str(record[0].message)
+    assert "Raise `limit` (now 2), e.g. limit=16" in message
+    assert "set_refinement_memory" not in message
 
 
 def test_set_refinement_memory_checks_its_argument_and_returns_the_previous() -> None:
     from captum_ig2._refine import REFINEMENT_MEMORY, refinement_memory
 
     assert refinement_memory() == REFINEMENT_MEMORY == 4 * 2**30  # the documented default
-    for bad in (-1, 1.5, "4G", True):
-        with pytest.raises(TypeError, match="`nbytes` must be a non-negative int"):
+    for bad in ("4G", True, [1]):
+        with pytest.raises(TypeError, match="`nbytes` must be a number of bytes"):
             set_refinement_memory(bad)  # type: ignore[arg-type]
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="`nbytes` must be a finite number of bytes >= 0"):
+            set_refinement_memory(bad)
     assert refinement_memory() == REFINEMENT_MEMORY  # unchanged by a refused value
     previous = set_refinement_memory(2**20)
     try:
         assert previous == REFINEMENT_MEMORY and refinement_memory() == 2**20
+        assert set_refinement_memory(4e9) == 2**20 and refinement_memory() == 4_000_000_000
+        assert set_refinement_memory(None) == 4_000_000_000 and refinement_memory() is None
     finally:
-        assert set_refinement_memory(previous) == 2**20
+        set_refinement_memory(previous)
     assert refinement_memory() == REFINEMENT_MEMORY
