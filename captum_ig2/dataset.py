@@ -72,7 +72,8 @@ class DatasetSummary:
             recorded in the manifest and retried by the next call.
         failures: per error message, how many examples failed with it.
         converged: of the examples written, how many are within the completeness tolerance
-            (None when the explainer has no convergence delta).
+            (for IG2's default rule, complete by construction: the map's estimated error
+            within its tolerance; None when the explainer has no convergence delta).
         stable: of the examples written, how many have a stability of at least 0.9 (None
             where the explainer reports no stability: IG2 with one walk, other classes).
         seconds: wall-clock time of the call.
@@ -181,13 +182,15 @@ def explain_dataset(
                     delta), ``"relative_error"`` (abs(delta) / abs(f(input) - f(path end))),
                     ``"converged"`` (whether that error is within the tolerance: the
                     explainer's own, ``epsabs + epsrel * abs(gap)``, or 2 % for Captum's
-                    classes), ``"evaluations"`` (gradients spent per example; this package's
-                    input classes), ``"gradcf"`` (IG2's GradCF per reference and walk, shape
-                    (N, R W, \*F), walk w of reference r at r W + w) and ``"stability"``
-                    (IG2's predicted cosine to a repeated call, see
-                    :attr:`~captum_ig2.AttributionPath.stability`). Default: None, the
-                    attributions and, where the explainer has a convergence delta, ``delta``,
-                    ``relative_error`` and ``converged``, and ``evaluations`` and
+                    classes; for this package's input classes ``path(...).converged``, which
+                    with IG2's default rule, complete by construction, is whether the map's
+                    estimated error is within sqrt(epsrel)), ``"evaluations"`` (gradients
+                    spent per example; this package's input classes), ``"gradcf"`` (IG2's
+                    GradCF per reference and walk, shape (N, R W, \*F), walk w of reference r
+                    at r W + w) and ``"stability"`` (IG2's predicted cosine to a repeated
+                    call, see :attr:`~captum_ig2.AttributionPath.stability`). Default: None,
+                    the attributions and, where the explainer has a convergence delta,
+                    ``delta``, ``relative_error`` and ``converged``, and ``evaluations`` and
                     ``stability`` where it reports them.
         rank, world_size (int, optional): This process's share. Default: None, from
                     ``torch.distributed`` when it is initialised, else from the ``RANK`` and
@@ -568,6 +571,7 @@ def _explain(
     gradcf = None
     evaluations = None
     stability = None
+    within = None  # a path record's own verdict
     if capabilities.path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -575,6 +579,7 @@ def _explain(
             record = explainer.path(inputs, **args, **kwargs, keep_points=False)
         attributions, delta, gap = record.attributions, record.delta, record.gap
         tolerance, evaluations = record.tolerance, record.evaluations
+        within = record.converged  # the complete trapezoid's: the map's estimated error
         if record.stability is not None:
             stability = _numpy(record.stability)
         if "gradcf" in save:
@@ -598,7 +603,9 @@ def _explain(
             raise ValueError(f"the attributions{where} hold NaN or infinite values")
     arrays: dict[str, np.ndarray] = {}
     converged = None
-    if delta is not None and tolerance is not None:
+    if within is not None:
+        converged = _numpy(within)
+    elif delta is not None and tolerance is not None:
         converged = _numpy(delta.abs() <= tolerance)
     if "attributions" in save:
         if len(parts) == 1 and not isinstance(attributions, (tuple, list)):

@@ -128,6 +128,33 @@ def test_completeness_columns_match_the_path_record(tmp_path):
     assert summary.converged == results["converged"].sum() < N_EXAMPLES
 
 
+@pytest.mark.filterwarnings("ignore::captum_ig2.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::captum_ig2.StabilityWarning")
+def test_converged_is_the_path_records_own_with_igs_default_rule(tmp_path):
+    # IG2's default rule is complete by construction (delta is rounding), so "converged" must
+    # come from the record: whether the map's estimated error is within sqrt(epsrel). One
+    # piece per segment (limit=1) leaves it above.
+    kwargs = {"n_steps": 4, "limit": 1}
+    summary = explain_dataset(
+        IterativeGradientIG(model()), _loader(), tmp_path, baselines=references(),
+        attribute_kwargs=kwargs, show_progress=False,
+    )  # fmt: skip
+    results = load_results(tmp_path)
+    x, y = CountingDataset().x, CountingDataset().y
+    records = [
+        IterativeGradientIG(model()).path(
+            x[i : i + BATCH_SIZE], references(), y[i : i + BATCH_SIZE], **kwargs
+        )
+        for i in range(0, N_EXAMPLES, BATCH_SIZE)
+    ]  # fmt: skip
+    expected = torch.cat([r.converged for r in records]).numpy()
+    assert all(r.map_error is not None for r in records)
+    assert (np.abs(results["delta"]) <= 1e-4).all()  # complete ...
+    assert not expected.all()  # ... yet some maps are not within their tolerance
+    np.testing.assert_array_equal(results["converged"], expected)
+    assert summary.converged == expected.sum()
+
+
 def test_captum_relative_error_is_delta_over_the_output_difference(tmp_path):
     net = model()
     explain_dataset(
