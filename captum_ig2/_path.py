@@ -607,7 +607,9 @@ def integrate_path(
                 )  # fmt: skip
             else:
                 assert previous is not None and quadrature is not None
-                segment = quadrature.integrate(previous, point, node_evaluate, node_observer)
+                segment = quadrature.integrate(
+                    previous, point, node_evaluate, node_observer, total
+                )
                 for acc, part in zip(total, segment.integral):
                     acc.add_(part)
                 residual += segment.residual

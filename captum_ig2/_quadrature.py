@@ -296,13 +296,20 @@ class Quadrature:
         self._half = next((i for i, j in enumerate(interior) if rule.alphas[j] == 0.5), None)
 
     def integrate(
-        self, start: Point, end: Point, evaluate: Evaluate, observer: NodeObserver | None = None
+        self,
+        start: Point,
+        end: Point,
+        evaluate: Evaluate,
+        observer: NodeObserver | None = None,
+        total: tuple[Tensor, ...] | None = None,
     ) -> SegmentIntegral:
-        """The integral of the next segment, from ``start`` to ``end``, of every path."""
+        """The integral of the next segment, from ``start`` to ``end``, of every path;
+        ``total``: the paths' integrals before it (the complete trapezoid's memory budget
+        weighs its pieces by the maps so far; None: zero)."""
         if self.rule.method == "idgi":
             segment = self._idgi(start, end, evaluate)
         elif self.complete:
-            segment = self._trapezoid(start, end)
+            segment = self._trapezoid(start, end, total)
         else:
             segment = self._adaptive(start, end, evaluate, observer)
         if self.tolerance is not None:
@@ -325,7 +332,9 @@ class Quadrature:
         return refinement.refine(total, evaluate, progress)
 
     # -- the complete trapezoid --------------------------------------------------------------
-    def _trapezoid(self, start: Point, end: Point) -> SegmentIntegral:
+    def _trapezoid(
+        self, start: Point, end: Point, total: tuple[Tensor, ...] | None
+    ) -> SegmentIntegral:
         """The complete trapezoid on every path's segment, one piece each, from the gradients
         at the path points; kept for the refinement after the walk where there is a tolerance."""
         assert start.grad is not None and end.grad is not None
@@ -343,7 +352,12 @@ class Quadrature:
                     self.map_tolerance, n_paths, self.group, self.limit, self.chunk_size,
                     self.local, budget=refinement_memory(),
                 )  # fmt: skip
-            self._refinement.record(start, end, integral, error2, coinciding)
+            def so_far() -> tuple[Tensor, ...]:  # the maps with this segment
+                if total is None:
+                    return integral
+                return tuple(a + b.detach() for a, b in zip(total, integral))
+
+            self._refinement.record(start, end, error2, coinciding, so_far)
         evaluations = torch.zeros(n_paths, dtype=torch.long)
         return SegmentIntegral(integral, left, evaluations, error2 * coinciding)
 

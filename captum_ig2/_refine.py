@@ -26,8 +26,8 @@ pieces of least error relative to their example's tolerance are frozen, as they 
 rows no open piece needs are freed, down to half the budget (during the walk) or to what the
 round needs. A frozen piece keeps its error: the other pieces are refined to the tolerance
 less that error (at least to a quarter of the tolerance), and the call warns where the sum
-stays above it. The rows of the paths' last point
-are always kept (the next segment starts there).
+stays above it. The rows of the paths' last point are always kept (the next segment starts
+there).
 
 The estimate. A piece [a, b] of a segment with direction d has the error vector e = |u| / 2,
 u = (b - a) (g(b) - g(a)) * d the right minus the left Riemann sum: the two bracket the
@@ -199,6 +199,12 @@ class _Rows:
         self._local = torch.empty(0, dtype=torch.long)  # and its row there
         self.nbytes = 0
 
+    @property
+    def row_bytes(self) -> int:
+        """The bytes of one row (0 while none is kept)."""
+        alive = int((self._block >= 0).sum())
+        return self.nbytes // alive if alive else 0
+
     def add(self, rows: tuple[Tensor, ...]) -> Tensor:
         first, n = self._block.numel(), rows[0].shape[0]
         block = tuple(t.detach().to(self.device) for t in rows)
@@ -283,7 +289,6 @@ class GlobalRefinement:
         self._x = _Rows(store)  # the path points, P rows per point
         self._g = _Rows(store)  # the output's gradient at path points and at pieces' middles
         self._ids_start: Tensor | None = None  # the rows of the last recorded segment's end
-        self._total: tuple[Tensor, ...] | None = None  # the level-0 integral of every path
         # the open pieces, one row each (CPU): path, segment, the rows of the gradients at
         # their ends, f there, the squared norm of the error estimate e, how many paths of its
         # example coincide along its segment, and whether it is frozen (its rows freed)
@@ -297,7 +302,6 @@ class GlobalRefinement:
         self._coinciding: list[Tensor] = []
         self._frozen: list[Tensor] = []
         self._n_segments = 0
-        self.froze = 0  # how many pieces were frozen for the budget
 
     @property
     def nbytes(self) -> int:
@@ -308,23 +312,18 @@ class GlobalRefinement:
         self,
         start: Point,
         end: Point,
-        integral: tuple[Tensor, ...],
         error2: Tensor,
         coinciding: Tensor,
+        total: Callable[[], tuple[Tensor, ...]],
     ) -> None:
-        """Keeps segment k (the next one) of every path, with its level-0 ``integral`` and its
-        pieces' squared error estimates ``error2`` (P,) and ``coinciding`` (P,), both float64
-        on the CPU; within the budget, freezes the pieces of least error."""
+        """Keeps segment k (the next one) of every path, with its pieces' squared error
+        estimates ``error2`` (P,) and ``coinciding`` (P,), both float64 on the CPU; within the
+        budget, freezes the pieces of least error relative to the maps so far, ``total()``
+        (called only then)."""
         assert start.grad is not None and end.grad is not None
         if self._ids_start is None:
             self._x.add(start.x)
             self._ids_start = self._g.add(start.grad)
-        integral = tuple(t.detach() for t in integral)
-        if self._total is None:
-            self._total = tuple(t.clone() for t in integral)
-        else:
-            for acc, part in zip(self._total, integral):
-                acc.add_(part)
         self._x.add(end.x)
         ids_end = self._g.add(end.grad)
         self._path.append(torch.arange(self.n_paths))
@@ -347,7 +346,7 @@ class GlobalRefinement:
                 rows[:] = [torch.cat(rows)]
             path, segment, g_lo, g_hi = (rows[0] for rows in lists[:4])
             weight = (self._error2[0] * self._coinciding[0]).numpy()
-            importance = self._importance(weight, path, self._total)
+            importance = _importance(weight, (path // self.group).numpy(), self._target(total()))
             last = torch.arange(self.n_paths) + self._n_segments * self.n_paths
             frozen, _ = self._fit(
                 path, segment, g_lo, g_hi, self._frozen[0].numpy(), importance,
@@ -355,12 +354,10 @@ class GlobalRefinement:
             )  # fmt: skip
             self._frozen[0] = torch.from_numpy(frozen)
 
-    def _importance(
-        self, weight: np.ndarray, path: Tensor, total: tuple[Tensor, ...]
-    ) -> np.ndarray:
-        """Every piece's squared error over its example's squared tolerance."""
-        target = ((self.tolerance * map_norm(total, self.group) * self.group) ** 2).numpy()
-        return weight / np.maximum(target[(path // self.group).numpy()], np.finfo(float).tiny)
+    def _target(self, total: tuple[Tensor, ...]) -> np.ndarray:
+        """Every example's squared tolerance of the sum of its M paths' squared errors, given
+        the paths' integrals ``total``."""
+        return ((self.tolerance * map_norm(total, self.group) * self.group) ** 2).numpy()
 
     def _fit(
         self,
@@ -378,8 +375,7 @@ class GlobalRefinement:
         bisected, last) until the rows the others need, the rows ``kept`` (of the path points
         and of the gradients) and a gradient row per chosen piece fit in ``room`` bytes; frees
         the rest. Returns the pieces frozen and those still chosen."""
-        x_bytes = self._x.nbytes // max(int((self._x._block >= 0).sum()), 1)
-        g_bytes = self._g.nbytes // max(int((self._g._block >= 0).sum()), 1)
+        x_bytes, g_bytes = self._x.row_bytes, self._g.row_bytes
         open_ = np.nonzero(~frozen)[0]
         order = open_[np.lexsort((-importance[open_], ~chosen[open_]))]
         n = self.n_paths
@@ -400,7 +396,6 @@ class GlobalRefinement:
         fits = fixed + np.cumsum(cost) <= room
         frozen = frozen.copy()
         frozen[order[~fits]] = True
-        self.froze += int((~fits).sum())
         chosen = chosen & ~frozen
         alive = ids[fits]
         x_ids, g_ids = alive[:, :2].ravel(), alive[:, 2:].ravel() - shift
@@ -432,8 +427,7 @@ class GlobalRefinement:
         evaluations = torch.zeros(self.n_paths, dtype=torch.long)
         n_examples = self.n_paths // self.group
         while True:
-            current = tuple(a + b for a, b in zip(total, change))
-            target = (self.tolerance * map_norm(current, self.group) * self.group) ** 2
+            target = self._target(tuple(a + b for a, b in zip(total, change)))
             weight = (error2 * coinciding).numpy()
             example = (path // self.group).numpy()
             estimate = np.bincount(example, weight, minlength=n_examples)
@@ -443,7 +437,7 @@ class GlobalRefinement:
             # the tolerance less that error, but at least to a quarter of the tolerance (which
             # bounds the cost; the call then warns).
             held = np.bincount(example, np.where(frozen, weight, 0.0), minlength=n_examples)
-            goal = np.maximum(target.numpy() - held, FROZEN_GOAL * target.numpy())
+            goal = np.maximum(target - held, FROZEN_GOAL * target)
             excess = estimate - held - goal
             # where the pieces at ``limit`` hold the goal's worth already, no bisection can
             # meet it: the call warns, and spends nothing more there
@@ -455,9 +449,9 @@ class GlobalRefinement:
             chosen = _largest(np.where(room, weight, 0.0), example, cover)
             if not chosen.any():
                 break
-            g_bytes = self._g.nbytes // max(int((self._g._block >= 0).sum()), 1)
-            if self.budget is not None and self.nbytes + chosen.sum() * g_bytes > self.budget:
-                importance = weight / np.maximum(target.numpy()[example], np.finfo(float).tiny)
+            extra = int(chosen.sum()) * self._g.row_bytes
+            if self.budget is not None and self.nbytes + extra > self.budget:
+                importance = _importance(weight, example, target)
                 frozen, chosen = self._fit(
                     path, segment, g_lo, g_hi, frozen, importance, chosen, self.budget, None
                 )
@@ -547,6 +541,11 @@ class GlobalRefinement:
             first.append(_squared_half(u1))
             second.append(_squared_half(u2))
         return torch.cat(rows_mid), torch.cat(values), torch.cat(first), torch.cat(second)
+
+
+def _importance(weight: np.ndarray, example: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Every piece's squared error ``weight`` over its example's squared tolerance."""
+    return weight / np.maximum(target[example], np.finfo(float).tiny)
 
 
 def _squared_half(u: tuple[Tensor, ...]) -> Tensor:

@@ -82,6 +82,17 @@ def test_shards_hold_what_direct_attribute_calls_return(tmp_path, make, baseline
     assert ("delta" in results) == (not isinstance(make(net), Saliency))
 
 
+def _batch_records(**kwargs):  # type: ignore[no-untyped-def]
+    """IG2's ``path`` on every batch of the data set, called directly."""
+    x, y = CountingDataset().x, CountingDataset().y
+    return [
+        IterativeGradientIG(model()).path(
+            x[i : i + BATCH_SIZE], references(), y[i : i + BATCH_SIZE], **kwargs
+        )
+        for i in range(0, N_EXAMPLES, BATCH_SIZE)
+    ]
+
+
 @pytest.mark.filterwarnings("ignore::captum_ig2.ConvergenceWarning")  # the direct calls warn
 @pytest.mark.filterwarnings("ignore::captum_ig2.StabilityWarning")
 def test_completeness_columns_match_the_path_record(tmp_path):
@@ -93,12 +104,7 @@ def test_completeness_columns_match_the_path_record(tmp_path):
     )  # fmt: skip
     results = load_results(tmp_path)
     x, y = CountingDataset().x, CountingDataset().y
-    records = [
-        IterativeGradientIG(model()).path(
-            x[i : i + BATCH_SIZE], references(), y[i : i + BATCH_SIZE], **PAPER
-        )
-        for i in range(0, N_EXAMPLES, BATCH_SIZE)
-    ]  # fmt: skip
+    records = _batch_records(**PAPER)
     for name, of in [
         ("delta", lambda r: r.delta),
         ("relative_error", lambda r: r.relative_error),
@@ -140,13 +146,7 @@ def test_converged_is_the_path_records_own_with_igs_default_rule(tmp_path):
         attribute_kwargs=kwargs, show_progress=False,
     )  # fmt: skip
     results = load_results(tmp_path)
-    x, y = CountingDataset().x, CountingDataset().y
-    records = [
-        IterativeGradientIG(model()).path(
-            x[i : i + BATCH_SIZE], references(), y[i : i + BATCH_SIZE], **kwargs
-        )
-        for i in range(0, N_EXAMPLES, BATCH_SIZE)
-    ]  # fmt: skip
+    records = _batch_records(**kwargs)
     expected = torch.cat([r.converged for r in records]).numpy()
     assert all(r.map_error is not None for r in records)
     assert (np.abs(results["delta"]) <= 1e-4).all()  # complete ...
