@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             cost[name] = {
                 "error": float(record.relative_error.max()),
                 "gradients": float(record.evaluations.double().mean()),
+                "most_gradients": int(record.evaluations.max()),
                 "seconds": seconds / n, "peak_gb": peak,
                 "stability": None if record.stability is None else float(record.stability.min()),
                 "map_error": None if record.map_error is None else float(record.map_error.max()),
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     base = cost[reference_row]
     for name, row in cost.items():
         memory = "" if row["peak_gb"] is None else f", peak {row['peak_gb']:.2f} GB"
+        if row.get("most_gradients") is not None:
+            memory += f", at most {row['most_gradients']} gradients"
         if row.get("map_error") is not None:
             memory += f", estimated map error {row['map_error']:.1%}"
         print(

@@ -28,7 +28,9 @@ largest estimated error ||u / 2|| are bisected across all segments of all paths 
 example's estimated relative map error is within its tolerance (``_refine``, after QUADPACK's
 ``qag``). The estimate, the root sum of the squared errors of all pieces, is returned and
 warned on; it is of first order, tight where the gradient jumps (ReLU networks) and pessimistic
-where it is smooth, which costs gradients there, not accuracy.
+where it is smooth, which costs gradients there, not accuracy. Paths of one example whose
+segments coincide (IG2's walks leave the input together) share one refinement of it, with the
+estimated difference of their errors counted (``_sharing``).
 
 IDGI (Yang, Wang & Bilgic, CVPR 2023) is a rule of another kind: it splits the exact output change
 of each piece over the features in proportion to g_i^2 / ||g||^2, g the gradient at the piece's
@@ -84,6 +86,9 @@ DEFAULT_LIMIT = {method: 32 if method == "complete_trapezoid" else 8 for method 
 #: Paths of one example whose segments start within COINCIDENT times the segment's length of
 #: each other run along the same segment, and their errors are one error (see _coinciding).
 COINCIDENT = 0.01
+#: A path shares the refinement of a coinciding path of its example (see _sharing) where the
+#: estimated squared difference of their trapezoid errors is at most this share of its own.
+SHARED = 0.25
 
 # evaluate(points, paths) -> (f, grad): f (B,) and the gradient of f at B points, row b of which
 # lies on path paths[b]; B is at most the chunk size the quadrature was given.
@@ -345,8 +350,10 @@ class Quadrature:
             start.grad, end.grad, start.value, end.value, width, direction, self.local
         )
         error2 = per_row_sum(tuple(e * e for e in error)).detach().double().cpu() / 4.0
-        coinciding = self._coinciding(start.x, direction)
+        near = self._near(start.x, direction)
+        coinciding = self._coinciding(near, n_paths)
         if self.map_tolerance is not None:
+            leader, shared2 = self._sharing(near, error, error2)
             if self._refinement is None:
                 self._refinement = GlobalRefinement(
                     self.map_tolerance, n_paths, self.group, self.limit, self.chunk_size,
@@ -357,7 +364,7 @@ class Quadrature:
                     return integral
                 return tuple(a + b.detach() for a, b in zip(total, integral))
 
-            self._refinement.record(start, end, error2, coinciding, so_far)
+            self._refinement.record(start, end, error2, coinciding, so_far, leader, shared2)
         evaluations = torch.zeros(n_paths, dtype=torch.long)
         return SegmentIntegral(integral, left, evaluations, error2 * coinciding)
 
@@ -431,23 +438,75 @@ class Quadrature:
                         None if half[1] is None else _rows(half[1], parent))  # fmt: skip
             pieces = pieces.bisect(parent, *half)
 
-    def _coinciding(self, start: tuple[Tensor, ...], direction: tuple[Tensor, ...]) -> Tensor:
+    def _near(self, start: tuple[Tensor, ...], direction: tuple[Tensor, ...]) -> Tensor | None:
+        """Which paths of every example start this segment within COINCIDENT times its
+        length of each other: (P / M, M, M), [e, p, q] for path q from path p's start, on the
+        paths' device; None for one path per example."""
+        if self.group == 1:
+            return None
+        n, m = start[0].shape[0], self.group
+        points = torch.cat([t.detach().reshape(n, -1) for t in start], dim=1).double()
+        length = torch.cat([t.detach().reshape(n, -1) for t in direction], dim=1).double()
+        length = length.norm(dim=1)
+        grouped = points.reshape(n // m, m, points.shape[1])
+        distance = torch.cdist(grouped, grouped, compute_mode="donot_use_mm_for_euclid_dist")
+        return distance <= COINCIDENT * length.view(n // m, m, 1)
+
+    def _coinciding(self, near: Tensor | None, n_paths: int) -> Tensor:
         """For every path, how many paths of its example (itself included) start this segment
-        within COINCIDENT times the segment's length of its start, shape (P,), float64, CPU.
+        within COINCIDENT times the segment's length of its start (``near``, see _near), shape
+        (P,), float64, CPU.
 
         The errors of paths that coincide are the same error, and add up in their example's
         mean; those of paths that went apart (other references, walks that diverged) are taken
         as independent. Counting each piece's squared error that many times makes the root sum
         of squares over the paths, divided by M, the error of their mean in both cases."""
-        if self.group == 1:
-            return torch.ones(start[0].shape[0], dtype=torch.float64)
-        n = start[0].shape[0]
-        points = torch.cat([t.reshape(n, -1) for t in start], dim=1).double()
-        length = torch.cat([t.reshape(n, -1) for t in direction], dim=1).double().norm(dim=1)
-        grouped = points.reshape(n // self.group, self.group, points.shape[1])
-        distance = torch.cdist(grouped, grouped).reshape(n, self.group)
-        near = distance <= COINCIDENT * length.view(n, 1)
-        return near.sum(dim=1).double().cpu()
+        if near is None:
+            return torch.ones(n_paths, dtype=torch.float64)
+        return near.sum(dim=2).flatten().double().cpu()
+
+    def _sharing(
+        self, near: Tensor | None, u: tuple[Tensor, ...], error2: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Which paths may share the refinement of this segment (the complete trapezoid):
+        every path's leader (P,; itself where it has none) and the estimated squared error of
+        sharing its leader's refinement (P,), on the CPU; the refinement decides which share
+        (``GlobalRefinement._share``).
+
+        IG2's walks of one reference all start at the input and go apart only over a few
+        steps, so that their first segments nearly coincide, and so do their errors, which add
+        up in the map: refining them walk by walk would pay W gradients for one point's worth
+        of accuracy. A path p shares the refinement of an earlier path q of its example (a
+        leader) that starts within COINCIDENT times p's segment's length of p's start, where
+        the first-order estimate of the difference of their trapezoid errors, ||(u_p - u_q) /
+        2||^2 (the estimate of ``complete_piece`` applied to the difference of their
+        integrands, whose ends' difference is u_p - u_q), is at most SHARED times p's own
+        ||u_p / 2||^2; of several such leaders, the one of least difference. Where p shares,
+        every change the refinement makes to q's integral is made to p's (it sums to zero: p
+        stays complete), and p's error is q's plus that difference, which stays as it is."""
+        n = error2.numel()
+        leader = torch.arange(n)
+        shared2 = torch.zeros(n, dtype=torch.float64)
+        m = self.group
+        if near is None or n == 0:
+            return leader, shared2
+        e = n // m
+        rows = torch.cat([t.detach().reshape(n, -1) for t in u], dim=1).double().reshape(e, m, -1)
+        diff2 = (torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist") / 2).square()
+        alike = diff2 <= SHARED * error2.to(diff2.device).double().reshape(e, m, 1)
+        lead = torch.arange(m, device=diff2.device).repeat(e, 1)
+        shared2 = torch.zeros(e, m, dtype=torch.float64, device=diff2.device)
+        is_leader = torch.ones(e, m, dtype=torch.bool, device=diff2.device)
+        for j in range(1, m):
+            ok = is_leader[:, :j] & near[:, j, :j] & alike[:, j, :j]
+            score = torch.where(ok, diff2[:, j, :j], torch.inf)
+            best = score.argmin(dim=1)
+            shares = ok.any(dim=1)
+            lead[:, j] = torch.where(shares, best, j)
+            shared2[:, j] = torch.where(shares, score.gather(1, best[:, None])[:, 0], 0.0)
+            is_leader[:, j] = ~shares
+        leader = (lead + torch.arange(e, device=lead.device)[:, None] * m).flatten().cpu()
+        return leader, shared2.flatten().cpu()
 
     def _estimate(
         self,

@@ -18,6 +18,18 @@ QUADPACK's ``qag`` bisects the subinterval of largest error estimate across the 
 3. until every example is within its tolerance, or its pieces have reached ``limit`` per segment,
    or those that have hold more error than the tolerance allows (the call then warns).
 
+Walks that coincide share. IG2's walks of one reference start together at the input and go
+apart over a few steps (their first segments ended up to 2.5 % of a step apart on
+EfficientNet-Lite0), so their first segments carry one error W times, which adds up in the map
+and which refinement walk by walk would pay for W times (at 224 px, half of the refinement's
+gradients went to the first segment). A path whose segment starts where an earlier path's of
+its example does, and whose estimated difference of errors from it (the estimate below applied
+to the difference of the two integrands) is small against its own error, shares that path's
+refinement: every change bisection makes to the leader's integral (it sums to zero, so both
+stay complete) is made to its own, the leader's error counts for both, and the difference
+stays as it is, as long as such differences use at most SHARE_GOAL of the example's squared
+tolerance (``Quadrature._sharing``, ``GlobalRefinement._share``).
+
 Memory. A piece can be bisected only while the path points at its segment's ends and the
 gradients at its ends are kept: two input-sized rows per path point and path (0.6 MB each at
 224 x 224 x 3 in float32). They are kept on the CPU, within a budget (``set_refinement_memory``,
@@ -66,6 +78,9 @@ ROUND = 0.5
 #: Where the pieces frozen for the budget hold most of an example's tolerance, the others are
 #: still refined to this share of it.
 FROZEN_GOAL = 0.25
+#: Paths may share the refinement of a coinciding path (see Quadrature._sharing) where the
+#: errors of sharing of an example add up to at most this share of its squared tolerance.
+SHARE_GOAL = 0.25
 #: The default budget of the rows kept for refinement, in bytes (see the module docstring).
 REFINEMENT_MEMORY = 4 * 2**30
 _refinement_memory: int | None = REFINEMENT_MEMORY
@@ -302,6 +317,10 @@ class GlobalRefinement:
         self._coinciding: list[Tensor] = []
         self._frozen: list[Tensor] = []
         self._n_segments = 0
+        # every segment's leader of every path (whose refinement it may share, see
+        # Quadrature._sharing) and the squared error of sharing it
+        self._leader: list[Tensor] = []
+        self._shared2: list[Tensor] = []
 
     @property
     def nbytes(self) -> int:
@@ -315,11 +334,14 @@ class GlobalRefinement:
         error2: Tensor,
         coinciding: Tensor,
         total: Callable[[], tuple[Tensor, ...]],
+        leader: Tensor | None = None,
+        shared2: Tensor | None = None,
     ) -> None:
         """Keeps segment k (the next one) of every path, with its pieces' squared error
-        estimates ``error2`` (P,) and ``coinciding`` (P,), both float64 on the CPU; within the
-        budget, freezes the pieces of least error relative to the maps so far, ``total()``
-        (called only then)."""
+        estimates ``error2`` (P,) and ``coinciding`` (P,), both float64 on the CPU, and, where
+        paths may share the refinement of a leader, every path's ``leader`` (P,; None: itself)
+        and squared error of sharing ``shared2`` (P,); within the budget, freezes the pieces
+        of least error relative to the maps so far, ``total()`` (called only then)."""
         assert start.grad is not None and end.grad is not None
         if self._ids_start is None:
             self._x.add(start.x)
@@ -335,6 +357,10 @@ class GlobalRefinement:
         self._error2.append(error2)
         self._coinciding.append(coinciding)
         self._frozen.append(torch.zeros(self.n_paths, dtype=torch.bool))
+        self._leader.append(torch.arange(self.n_paths) if leader is None else leader)
+        self._shared2.append(
+            torch.zeros(self.n_paths, dtype=torch.float64) if shared2 is None else shared2
+        )
         self._ids_start = ids_end
         self._n_segments += 1
         if self.budget is not None and self.nbytes > self.budget:
@@ -426,6 +452,11 @@ class GlobalRefinement:
         change = tuple(torch.zeros_like(t) for t in total)
         evaluations = torch.zeros(self.n_paths, dtype=torch.long)
         n_examples = self.n_paths // self.group
+        leaders, shared2, error2, coinciding = self._share(
+            path, segment, error2, coinciding, self._target(total)
+        )
+        of_path = (torch.arange(self.n_paths) // self.group).numpy()
+        shared = np.bincount(of_path, shared2.numpy(), minlength=n_examples)
         while True:
             target = self._target(tuple(a + b for a, b in zip(total, change)))
             weight = (error2 * coinciding).numpy()
@@ -437,7 +468,7 @@ class GlobalRefinement:
             # the tolerance less that error, but at least to a quarter of the tolerance (which
             # bounds the cost; the call then warns).
             held = np.bincount(example, np.where(frozen, weight, 0.0), minlength=n_examples)
-            goal = np.maximum(target - held, FROZEN_GOAL * target)
+            goal = np.maximum(target - held - shared, FROZEN_GOAL * target)
             excess = estimate - held - goal
             # where the pieces at ``limit`` hold the goal's worth already, no bisection can
             # meet it: the call warns, and spends nothing more there
@@ -459,7 +490,7 @@ class GlobalRefinement:
                     continue  # the frozen pieces now tell where bisection cannot help
             parent = torch.from_numpy(np.nonzero(chosen)[0])
             children = self._bisect(
-                parent, path, segment, lo, hi, g_lo, g_hi, f_lo, f_hi, change, evaluate
+                parent, path, segment, lo, hi, g_lo, g_hi, f_lo, f_hi, change, evaluate, leaders
             )
             g_mid, f_mid, e1, e2 = children
             evaluations.index_add_(0, path[parent], torch.ones_like(parent))
@@ -487,11 +518,39 @@ class GlobalRefinement:
             depth = torch.cat([depth, depth[parent]])
             if progress is not None:
                 progress()
-        per_path = torch.zeros(self.n_paths, dtype=torch.float64)
+        per_path = shared2
         per_path.index_add_(0, path, error2 * coinciding)
         held = torch.zeros(self.n_paths, dtype=torch.float64)
         held.index_add_(0, path, error2 * coinciding * torch.from_numpy(frozen))
         return change, evaluations, per_path, held
+
+    def _share(
+        self, path: Tensor, segment: Tensor, error2: Tensor, coinciding: Tensor, target: np.ndarray
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Decides which paths share their leader's refinement (see Quadrature._sharing): per
+        example, those of least error of sharing, as long as those errors add up to at most
+        SHARE_GOAL of its squared tolerance ``target``, for they stay. Returns every segment's
+        leader of every path (K, P), every path's squared error of sharing (P,), and the open
+        pieces' ``error2`` and ``coinciding`` with the shares made: a shared piece has no
+        error of its own (its leader's counts for it), a leader's counts once more for each
+        path that shares it."""
+        leaders, shared2 = torch.stack(self._leader), torch.stack(self._shared2)  # (K, P)
+        n = self.n_paths
+        candidate = (leaders != torch.arange(n)).flatten()
+        example = (torch.arange(n) // self.group).repeat(leaders.shape[0])
+        weight = np.where(candidate.numpy(), shared2.flatten().numpy(), np.inf)
+        shares = torch.from_numpy(
+            _smallest(weight, example.numpy(), SHARE_GOAL * target) & candidate.numpy()
+        )
+        leaders = torch.where(shares.view_as(leaders), leaders, torch.arange(n)).clone()
+        per_path = torch.where(shares.view_as(shared2), shared2, 0.0).sum(dim=0)
+        # the open pieces are the level-0 ones, row k * P + p for segment k of path p
+        assert torch.equal(segment * n + path, torch.arange(path.numel()))
+        flat = leaders.flatten() + segment * n
+        sharers = torch.bincount(flat, minlength=path.numel()).double()
+        error2 = torch.where(shares, 0.0, error2)
+        coinciding = torch.where(shares, coinciding, coinciding * sharers)
+        return leaders, per_path, error2, coinciding
 
     def _bisect(
         self,
@@ -506,10 +565,13 @@ class GlobalRefinement:
         f_hi: Tensor,
         change: tuple[Tensor, ...],
         evaluate: Evaluate,
+        leaders: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Bisects pieces ``parent``, chunk by chunk: adds the change of their integrals to
-        ``change``; returns the rows of the gradients at their middles, f there, and the
-        squared error estimates of their first and second halves."""
+        ``change``, in the row of every path that shares the piece's (``leaders`` (K, P):
+        every segment's leader of every path; None: each its own); returns the rows of the
+        gradients at their middles, f there, and the squared error estimates of their first and
+        second halves."""
         device = change[0].device
         rows_mid: list[Tensor] = []
         values: list[Tensor] = []
@@ -535,9 +597,13 @@ class GlobalRefinement:
             whole, _, _ = complete_piece(ga, gb, fa, fb, width, direction, self.local)
             left, _, u1 = complete_piece(ga, g_mid, fa, fm, half, direction, self.local)
             right, _, u2 = complete_piece(g_mid, gb, fm, fb, half, direction, self.local)
-            into = p.to(device)
+            if leaders is None:
+                row, into = torch.arange(p.numel()), p
+            else:  # the piece's path and every path that shares its refinement
+                row, into = torch.nonzero(leaders[k] == p[:, None], as_tuple=True)
+            row, into = row.to(device), into.to(device)
             for acc, w, a1, a2 in zip(change, whole, left, right):
-                acc.index_add_(0, into, (a1 + a2 - w).to(acc.dtype))
+                acc.index_add_(0, into, (a1 + a2 - w)[row].to(acc.dtype))
             first.append(_squared_half(u1))
             second.append(_squared_half(u2))
         return torch.cat(rows_mid), torch.cat(values), torch.cat(first), torch.cat(second)
@@ -551,6 +617,20 @@ def _importance(weight: np.ndarray, example: np.ndarray, target: np.ndarray) -> 
 def _squared_half(u: tuple[Tensor, ...]) -> Tensor:
     """||u / 2||^2 of every row, float64, CPU: a piece's squared error estimate."""
     return per_row_sum(tuple((t.double() / 2.0) ** 2 for t in u)).detach().cpu()
+
+
+def _smallest(weight: np.ndarray, example: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Per example, the pieces of smallest finite ``weight`` whose weights add up to at most
+    its ``room``."""
+    order = np.lexsort((weight, example))
+    sorted_example, sorted_weight = example[order], weight[order]
+    finite = np.where(np.isfinite(sorted_weight), sorted_weight, 0.0)
+    cumulative = np.cumsum(finite)
+    first = np.searchsorted(sorted_example, sorted_example, side="left")
+    within = cumulative - np.where(first > 0, cumulative[first - 1], 0.0)
+    chosen = np.zeros(len(weight), dtype=bool)
+    chosen[order] = np.isfinite(sorted_weight) & (within <= room[sorted_example])
+    return chosen
 
 
 def _largest(weight: np.ndarray, example: np.ndarray, excess: np.ndarray) -> np.ndarray:

@@ -331,3 +331,74 @@ def test_set_refinement_memory_checks_its_argument_and_returns_the_previous() ->
     finally:
         set_refinement_memory(previous)
     assert refinement_memory() == REFINEMENT_MEMORY
+
+
+def _two_walks(gap: float) -> torch.Tensor:
+    """Two polylines (T + 1 = 3, P = 2, F = 6) of one example from one start: their first
+    segments cross every kink of ``_kinked`` and end ``gap`` apart (relative to the segment's
+    length), then they go their own ways, beyond the kinks."""
+    start = torch.linspace(0.0, 0.45, 6, dtype=torch.float64)  # kinks at other places
+    end = torch.linspace(0.9, 0.6, 6, dtype=torch.float64)
+    nudge = gap * (end - start).norm() * torch.tensor([1.0, -1.0, 0.5, 0.0, -0.5, 0.0]) / 1.5
+    path0 = torch.stack([start, end, end + 0.05])  # beyond the kinks: no error there
+    path1 = torch.stack([start, end + nudge.double(), end + 0.1])
+    return torch.stack([path0, path1], dim=1)
+
+
+def test_walks_that_coincide_share_their_refinement_and_its_error() -> None:
+    # Both first segments cross all kinks: refined path by path, each would cost its own
+    # bisections for one and the same error. Path 1 shares path 0's (it spends nothing), stays
+    # complete, and the map, the mean of the two, is within the estimate, which includes the
+    # difference of the two segments' errors (here its exact size: the kinks sit at other
+    # places of the two segments by the gap).
+    for gap in (0.0, 1e-3):
+        points = _two_walks(gap)
+        exact = (torch.relu(points[-1] - 0.5) - torch.relu(points[0] - 0.5)).mean(dim=0)
+        _, alone_cost, _ = _refine_polylines(points, epsrel=1e-3, group=1, limit=4096)
+        shared, cost, error2 = _refine_polylines(points, epsrel=1e-3, group=2, limit=4096)
+        assert alone_cost[0] > 0 and alone_cost[1] > 0
+        assert cost[0] > 0 and cost[1] == 0
+        sums = torch.relu(points[-1] - 0.5).sum(1) - torch.relu(points[0] - 0.5).sum(1)
+        torch.testing.assert_close(shared.sum(dim=1), sums)  # every path stays complete
+        real = (shared.mean(dim=0) - exact).norm() / exact.norm()
+        estimated = error2.sum().sqrt() / 2 / exact.norm()
+        assert real <= estimated + 1e-12 and estimated <= 1e-3**0.5
+        # path 1's own integral gained from path 0's bisections
+        coarse, _, _ = _refine_polylines(points, epsrel=1e-3, group=2, limit=1)
+        own = torch.relu(points[-1, 1] - 0.5) - torch.relu(points[0, 1] - 0.5)
+        assert (shared[1] - own).norm() < (coarse[1] - own).norm() / 4
+
+
+def test_walks_that_part_or_a_tight_tolerance_refine_on_their_own() -> None:
+    # Where the first segments end far apart (10 % of their length) the difference of their
+    # errors is about their errors: nothing is shared. Where they end close but the tolerance
+    # is tighter than the error of sharing, path 1 is refined on its own too.
+    for gap, epsrel in ((0.1, 1e-3), (1e-3, 1e-9)):
+        points = _two_walks(gap)
+        exact = (torch.relu(points[-1] - 0.5) - torch.relu(points[0] - 0.5)).mean(dim=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            shared, cost, error2 = _refine_polylines(points, epsrel=epsrel, group=2, limit=4096)
+        assert cost[0] > 0 and cost[1] > 0
+        real = (shared.mean(dim=0) - exact).norm() / exact.norm()
+        assert real <= error2.sum().sqrt() / 2 / exact.norm() + 1e-12
+
+
+def test_sharing_saves_ig2s_walks_gradients_within_the_estimate(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # IG2's walks of one reference start at the input together: sharing the refinement of
+    # their first segments costs fewer gradients than refining them walk by walk, for maps
+    # that stay within their estimated error of a fine integral along the same walks.
+    import captum_ig2._refine as refine
+
+    model = deep_relu_net(1)
+    x = torch.rand(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    shared = run("ig2", model, x, n_steps=10, epsrel=0.005)
+    monkeypatch.setattr(refine, "SHARE_GOAL", 0.0)  # only identical segments share
+    alone = run("ig2", model, x, n_steps=10, epsrel=0.005)
+    fine = fine_integral("ig2", model, x, n_steps=10)
+    torch.testing.assert_close(shared.points, fine.points)
+    assert shared.evaluations.sum() < alone.evaluations.sum()
+    for path in (shared, alone):
+        assert path.map_error is not None and path.converged.all()
+        assert (relative_error(path.attributions, fine.attributions) <= path.map_error).all()
+        torch.testing.assert_close(path.delta, torch.zeros_like(path.delta), atol=1e-12, rtol=0)
