@@ -35,13 +35,14 @@ from captum_ig2._refine import map_norm
 #: The default rules. IG2 takes the complete trapezoid: the output's gradient at every path point
 #: (which IG2's walk does not need, so each costs one backward pass more than the walk), refined
 #: after the walk across all segments of all paths by the map's estimated error, and complete
-#: by construction (``_refine``). On EfficientNet-Lite0 crops it gave maps of cosine >= 0.99 to
-#: 32 Gauss-Legendre nodes per segment for 1.0-1.1x the gradients Captum's IG needs for 2 % at
-#: 112 px (2.1-2.3x at 224 px, where the 8 walks alone cost 1.6x), 7x fewer at 112 px than
-#: Gauss-Legendre with 5 nodes, refined by residuals, the earlier default (docs/benchmarks.md,
-#: "The complete trapezoid"). Guided IG's step takes the output's gradient at every path point
-#: anyway, and the trapezoid with its 2 nodes there reuses it, refined by bisection: the
-#: cheapest rule measured for it on EfficientNet-Lite0 (docs/benchmarks.md, "The cost of 2 %").
+#: by construction (``_refine``; walks that coincide share one refinement). On
+#: EfficientNet-Lite0 crops it gave maps of cosine >= 0.99 to 32 Gauss-Legendre nodes per
+#: segment for 0.9x the gradients Captum's IG needs for 2 % at 112 px (1.8x at 224 px, where
+#: the 8 walks alone cost 1.6x), 9x fewer at 112 px than Gauss-Legendre with 5 nodes, refined
+#: by residuals, the earlier default (docs/benchmarks.md, "The defaults now"). Guided IG's step
+#: takes the output's gradient at every path point anyway, and the trapezoid with its 2 nodes
+#: there reuses it, refined by bisection: the cheapest rule measured for it on
+#: EfficientNet-Lite0 (docs/benchmarks.md, "The cost of 2 %").
 IG2_METHOD = "complete_trapezoid"
 GUIDED_IG_METHOD = "riemann_trapezoid"
 #: Segments are refined until the completeness error is within 2 % of the output difference
