@@ -353,7 +353,9 @@ class Quadrature:
         near = self._near(start.x, direction)
         coinciding = self._coinciding(near, n_paths)
         if self.map_tolerance is not None:
-            leader, shared2 = self._sharing(near, error, error2)
+            # only paths that coincide may share (after a few steps, none do: no work)
+            alike = near if bool((coinciding > 1).any()) else None
+            leader, shared2 = self._sharing(alike, error, error2)
             if self._refinement is None:
                 self._refinement = GlobalRefinement(
                     self.map_tolerance, n_paths, self.group, self.limit, self.chunk_size,
